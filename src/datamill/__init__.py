@@ -1,0 +1,15 @@
+"""datamill: turn raw media collections into training-ready datasets on every core."""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .engine.errors import Filtered, ItemError, UsageError
+from .engine.pmap import pmap
+from .engine.scheduler import Result
+
+try:
+    __version__ = version("datamill")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["pmap", "Result", "Filtered", "ItemError", "UsageError", "__version__"]

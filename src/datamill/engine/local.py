@@ -1,0 +1,226 @@
+"""Worker processes on this machine, one per core by default.
+
+Each worker has its own task queue and its own result pipe, so the driver always knows which
+tasks a worker holds: when a worker dies (segfault, SIGKILL, OOM kill) only those tasks are
+affected, and a new worker takes its place.  Workers publish the item they are on in a
+shared array; the driver uses it to kill an item that runs past its deadline and to name the
+item that was running when a worker died.
+
+Workers are forked, so the user's function and initializer need not be picklable (a lambda
+works); task payloads and results are pickled.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from typing import Any, Sequence
+
+from .executor import Executor, TaskEncodingError, WorkerInitError
+from .task import Crash, Done, TaskRunner, error_info, picklable_results
+
+PREFETCH = 2  # tasks held by one worker: one running, one ready to start
+_FIELDS = 3  # per worker in the status array: task id, item index, item start (monotonic)
+
+
+def _dumps(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _worker_main(runner: TaskRunner, slot: int, tasks: Any, conn: Any, status: Any,
+                 stopping: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how to stop
+    try:
+        runner.initialize()
+    except BaseException as exc:  # noqa: BLE001
+        conn.send_bytes(_dumps(("init_error", str(error_info(exc)))))
+        return
+    base = slot * _FIELDS
+    clock = time.monotonic
+    while True:
+        blob = tasks.get()
+        if blob is None or stopping.is_set():
+            return
+        task_id, payloads = pickle.loads(blob)
+        status[base] = task_id
+        start = clock()
+        results = runner.run(payloads, status, base)
+        seconds = clock() - start
+        status[base] = -1
+        try:
+            data = _dumps((task_id, results, seconds))
+        except Exception:  # noqa: BLE001 - name the item whose result cannot be pickled
+            data = _dumps((task_id, picklable_results(results, _dumps), seconds))
+        conn.send_bytes(data)
+
+
+class _Worker:
+    def __init__(self, slot: int, proc: Any, tasks: Any, conn: Any):
+        self.slot = slot
+        self.proc = proc
+        self.tasks = tasks
+        self.conn = conn
+        self.held: deque[int] = deque()  # task ids in the order the worker runs them
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, workers: int | None = None):
+        super().__init__(workers)
+        self._ctx = mp.get_context("fork")
+        self._workers: list[_Worker] = []
+        self._runner: TaskRunner | None = None
+        self._timeout: float | None = None
+        self._status = None
+        self._stopping = None
+
+    # -- life cycle ---------------------------------------------------------------------
+    def start(self, runner: TaskRunner, timeout: float | None = None) -> None:
+        self._runner = runner
+        self._timeout = timeout
+        self._status = self._ctx.RawArray("d", [-1.0] * (_FIELDS * self.workers))
+        self._stopping = self._ctx.Event()
+        self._workers = [self._spawn(slot) for slot in range(self.workers)]
+
+    def _spawn(self, slot: int) -> _Worker:
+        tasks = self._ctx.Queue()
+        reader, writer = self._ctx.Pipe(duplex=False)
+        base = slot * _FIELDS
+        self._status[base] = -1
+        proc = self._ctx.Process(
+            target=_worker_main, name=f"datamill-worker-{slot}", daemon=True,
+            args=(self._runner, slot, tasks, writer, self._status, self._stopping))
+        proc.start()
+        writer.close()
+        return _Worker(slot, proc, tasks, reader)
+
+    def shutdown(self, cancel: bool = False, grace: float = 0.0) -> list[Done]:
+        finished: list[Done] = []
+        if cancel:
+            self._stopping.set()  # workers begin no new task
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(
+                    w.held and self._status[w.slot * _FIELDS] >= 0 for w in self._workers):
+                finished += [d for d in self.poll(0.1) if d.crash is None]
+        for w in self._workers:
+            try:
+                w.tasks.put(None)
+            except (OSError, ValueError):
+                pass
+        end = time.monotonic() + (0.5 if cancel else 5.0)
+        for w in self._workers:
+            w.proc.join(max(0.0, end - time.monotonic()))
+        for w in self._workers:
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(1.0)
+            self._close(w)
+        self._workers = []
+        return finished
+
+    def _close(self, w: _Worker) -> None:
+        w.conn.close()
+        w.tasks.cancel_join_thread()
+        w.tasks.close()
+
+    # -- scheduling -----------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return sum(PREFETCH - len(w.held) for w in self._workers)
+
+    def submit(self, task_id: int, payloads: Sequence[Any]) -> None:
+        try:
+            blob = _dumps((task_id, payloads))
+        except Exception as exc:  # noqa: BLE001
+            raise TaskEncodingError(f"cannot pickle the item: {exc}") from exc
+        worker = min(self._workers, key=lambda w: len(w.held))
+        worker.held.append(task_id)
+        worker.tasks.put(blob)
+
+    def poll(self, timeout: float) -> list[Done]:
+        if not any(w.held for w in self._workers):
+            time.sleep(min(timeout, 0.01))
+            return []
+        if self._timeout is not None:
+            timeout = min(timeout, max(0.05, self._timeout / 4))
+        by_handle: dict[Any, _Worker] = {}
+        for w in self._workers:
+            by_handle[w.conn] = w
+            by_handle[w.proc.sentinel] = w
+        ready = wait(list(by_handle), timeout)
+        done: list[Done] = []
+        dead: dict[int, _Worker] = {}
+        for handle in ready:
+            w = by_handle[handle]
+            if handle is w.conn:
+                if not self._receive(w, done):
+                    dead[w.slot] = w
+            else:
+                dead[w.slot] = w
+        for w in dead.values():
+            while self._receive(w, done, block=False):
+                pass
+            self._replace(w, done, self._death_message(w), "worker_died")
+        if self._timeout is not None:
+            self._enforce_deadline(done)
+        return done
+
+    def _receive(self, w: _Worker, done: list[Done], block: bool = True) -> bool:
+        """Read one message from a worker; False when the pipe is closed or empty."""
+        try:
+            if not block and not w.conn.poll():
+                return False
+            msg = pickle.loads(w.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False
+        if msg[0] == "init_error":
+            raise WorkerInitError(f"the worker initializer failed: {msg[1]}")
+        task_id, results, seconds = msg
+        if w.held and w.held[0] == task_id:
+            w.held.popleft()
+        done.append(Done(task_id, results, seconds))
+        return True
+
+    def _death_message(self, w: _Worker) -> str:
+        w.proc.join(1.0)
+        code = w.proc.exitcode
+        if code is not None and code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            return f"the worker process was killed by {name}{hint}"
+        return f"the worker process exited with status {code}"
+
+    def _replace(self, w: _Worker, done: list[Done], message: str, reason: str) -> None:
+        """Report the tasks `w` held as crashed, and start a new worker in its slot."""
+        base = w.slot * _FIELDS
+        running = int(self._status[base])
+        culprit = int(self._status[base + 1])
+        for i, task_id in enumerate(w.held):
+            started = i == 0 and running == task_id
+            done.append(Done(task_id, crash=Crash(reason, message,
+                                                 culprit if started else None, started)))
+        w.held.clear()
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join(1.0)
+        self._close(w)
+        if not self._stopping.is_set():
+            self._workers[self._workers.index(w)] = self._spawn(w.slot)
+        else:
+            self._workers.remove(w)
+
+    def _enforce_deadline(self, done: list[Done]) -> None:
+        now = time.monotonic()
+        for w in list(self._workers):
+            base = w.slot * _FIELDS
+            if w.held and self._status[base] == w.held[0] and now - self._status[base + 2] > self._timeout:
+                w.proc.kill()
+                self._replace(w, done, f"the item ran past its deadline of {self._timeout:g} s",
+                              "timeout")

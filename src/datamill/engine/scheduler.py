@@ -1,0 +1,202 @@
+"""Feed items to an executor: lazily, batched, retried, with poison items isolated.
+
+The scheduler pulls items from the source only when the executor has a free slot, so the
+work in flight is bounded whatever the size of the input.  Tiny items are batched into
+tasks whose size adapts to the measured time per item; a task whose worker died is split
+(around the item that was running, when the executor knows it, else in halves) until the
+item that kills workers is alone, so only that item fails.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from .executor import Executor, TaskEncodingError
+from .task import FAILED, FILTERED, OK, Crash, Done, ErrorInfo, TaskRunner, WorkItem
+
+
+@dataclass(slots=True)
+class Result:
+    """How one item ended: `status` is ok, filtered or failed.
+
+    `value` is what the function returned (ok), `reason` the filter reason or error class,
+    `error` the failure's details, `attempts` how many times the item was run.
+    """
+
+    key: Any
+    item: Any
+    status: str
+    value: Any = None
+    reason: str | None = None
+    error: ErrorInfo | None = None
+    attempts: int = 1
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+
+class Scheduler:
+    """Iterate over `Result`s of `items` (pairs of key and payload) run on `executor`.
+
+    `retries`: further attempts for an item that failed with a retryable error, crashed its
+    worker or ran past its deadline.  `batch_size`: items per task, or None to adapt it so a
+    task takes about `task_seconds`.
+    """
+
+    def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
+                 *, retries: int = 1, timeout: float | None = None, batch_size: int | None = None,
+                 max_batch: int = 4096, task_seconds: float = 0.05):
+        self.executor = executor
+        self.runner = runner
+        self.retries = retries
+        self.timeout = timeout
+        self._source = iter(items)
+        self._fixed_batch = batch_size
+        self._batch = batch_size or 1
+        self._max_batch = max_batch
+        self._task_seconds = task_seconds
+        self._per_item: float | None = None
+        self._ids = itertools.count()
+        self._exact: deque[list[WorkItem]] = deque()  # tasks to run exactly as they are
+        self._retry: deque[WorkItem] = deque()  # items to run again, batched
+        self._inflight: dict[int, list[WorkItem]] = {}
+        self._exhausted = False
+        self._started = False
+        self._draining = False
+
+    # -- public --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Result]:
+        if not self._started:
+            self.executor.start(self.runner, self.timeout)
+            self._started = True
+        while True:
+            yield from self._fill()
+            if not self._inflight and self._exhausted and not self._exact and not self._retry:
+                return
+            for done in self.executor.poll(0.2):
+                yield from self._handle(done)
+
+    def drain(self, grace: float) -> Iterator[Result]:
+        """Stop submitting; collect what finishes within `grace` seconds; abandon the rest."""
+        self._draining = True
+        for done in self.executor.shutdown(cancel=True, grace=grace):
+            yield from self._handle(done)
+
+    def close(self) -> None:
+        if self._started:
+            self.executor.shutdown(cancel=bool(self._inflight))
+            self._started = False
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(t) for t in self._inflight.values())
+
+    # -- submission ----------------------------------------------------------------------
+    def _fill(self) -> Iterator[Result]:
+        while not self._draining and self.executor.free_slots() > 0:
+            task = self._next_task()
+            if not task:
+                return
+            yield from self._submit(task)
+
+    def _next_task(self) -> list[WorkItem]:
+        if self._exact:
+            return self._exact.popleft()
+        size = self._batch
+        task: list[WorkItem] = []
+        while self._retry and len(task) < size:
+            task.append(self._retry.popleft())
+        if len(task) < size and not self._exhausted:
+            for key, payload in itertools.islice(self._source, size - len(task)):
+                task.append(WorkItem(key, payload))
+            if len(task) < size:
+                self._exhausted = True
+        return task
+
+    def _submit(self, task: list[WorkItem]) -> Iterator[Result]:
+        task_id = next(self._ids)
+        try:
+            self.executor.submit(task_id, [w.payload for w in task])
+        except TaskEncodingError as exc:
+            if len(task) > 1:
+                self._exact.extend([w] for w in task)
+                return
+            w = task[0]
+            info = ErrorInfo("unpicklable", "PicklingError", f"item {w.key!r}: {exc}", "", False)
+            yield self._outcome(w, FAILED, None, info)
+            return
+        self._inflight[task_id] = task
+
+    # -- results -------------------------------------------------------------------------
+    def _handle(self, done: Done) -> Iterator[Result]:
+        task = self._inflight.pop(done.task_id, None)
+        if task is None:
+            return
+        if done.crash is not None:
+            yield from self._crashed(task, done.crash)
+            return
+        self._adapt(len(task), done.seconds)
+        each = done.seconds / len(task)
+        for w, (status, value, extra) in zip(task, done.results):
+            w.attempts += 1
+            if status == OK:
+                yield self._outcome(w, OK, value, None, each)
+            elif status == FILTERED:
+                yield Result(w.key, w.payload, FILTERED, None, value, None, w.attempts, each)
+            elif extra.retryable and w.attempts <= self.retries and not self._draining:
+                w.last_error = extra
+                self._retry.append(w)
+            else:
+                yield self._outcome(w, FAILED, None, extra, each)
+
+    def _crashed(self, task: list[WorkItem], crash: Crash) -> Iterator[Result]:
+        if not crash.started:  # queued behind the item that crashed: simply run it again
+            self._exact.appendleft(task)
+            return
+        if len(task) == 1 or crash.culprit is not None:
+            c = crash.culprit if crash.culprit is not None and crash.culprit < len(task) else 0
+            before, culprit, after = task[:c], task[c], task[c + 1:]
+            if before:
+                self._exact.append(before)
+            if after:
+                self._exact.append(after)
+            culprit.attempts += 1
+            info = ErrorInfo(crash.reason, "WorkerCrash" if crash.reason != "timeout" else "Timeout",
+                             crash.message, "", True)
+            if culprit.attempts <= self.retries and not self._draining:
+                culprit.last_error = info
+                self._exact.append([culprit])
+            else:
+                yield self._outcome(culprit, FAILED, None, info)
+            return
+        half = len(task) // 2
+        self._exact.append(task[:half])
+        self._exact.append(task[half:])
+
+    def _outcome(self, w: WorkItem, status: str, value: Any, info: ErrorInfo | None,
+                 seconds: float = 0.0) -> Result:
+        reason = info.error_class if info is not None else None
+        return Result(w.key, w.payload, status, value, reason, info, max(w.attempts, 1), seconds)
+
+    def _adapt(self, n: int, seconds: float) -> None:
+        if self._fixed_batch:
+            return
+        per_item = seconds / n
+        self._per_item = per_item if self._per_item is None else 0.7 * self._per_item + 0.3 * per_item
+        want = int(self._task_seconds / max(self._per_item, 1e-7))
+        self._batch = max(1, min(self._max_batch, want, self._batch * 4))
+
+
+def run_items(executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
+              **options: Any) -> Iterator[Result]:
+    """Convenience: iterate over outcomes and always shut the executor down at the end."""
+    sched = Scheduler(executor, runner, items, **options)
+    try:
+        yield from sched
+    finally:
+        sched.close()

@@ -1,0 +1,140 @@
+"""What crosses between the driver and the workers: tasks, per-item outcomes, crashes.
+
+The driver groups items into tasks; a worker runs a task with `TaskRunner.run` and returns
+one small tuple per item.  Exceptions of single items are caught in the worker and become
+data; only the death of a whole worker (or its deadline) is seen by the driver as a `Crash`.
+"""
+from __future__ import annotations
+
+import errno
+import time
+import traceback as tb
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from .errors import Filtered, ItemError
+
+OK, FILTERED, FAILED = "ok", "filtered", "failed"
+
+# Exceptions that will fail the same way on every attempt.
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+              TypeError, AttributeError, NameError, ImportError, RecursionError)
+
+
+@dataclass(slots=True)
+class ErrorInfo:
+    """An item's failure: a short stable class, the exception type, message and traceback."""
+
+    error_class: str
+    type: str
+    message: str
+    traceback: str = ""
+    retryable: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.error_class}: {self.message}"
+
+
+def error_info(exc: BaseException) -> ErrorInfo:
+    """Describe an exception as data (classes: ItemError's own, disk_full, not_found, ...)."""
+    trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, ItemError):
+        return ErrorInfo(exc.error_class, type(exc).__name__, str(exc), trace, exc.retryable)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        cls, retry = "disk_full", False
+    elif isinstance(exc, FileNotFoundError):
+        cls, retry = "not_found", False
+    elif isinstance(exc, PermissionError):
+        cls, retry = "permission_denied", False
+    elif isinstance(exc, MemoryError):
+        cls, retry = "out_of_memory", True
+    elif isinstance(exc, TimeoutError):
+        cls, retry = "timeout", True
+    else:
+        cls, retry = type(exc).__name__, not isinstance(exc, _PERMANENT)
+    return ErrorInfo(cls, type(exc).__name__, str(exc), trace, retry)
+
+
+@dataclass(slots=True)
+class Crash:
+    """A task lost as a whole: its worker died, or it ran past its deadline.
+
+    `culprit` is the index (within the task) of the item that was running, when known;
+    `started` is False for a task that was queued on the worker but never begun.
+    """
+
+    reason: str  # "worker_died" | "timeout"
+    message: str
+    culprit: int | None = None
+    started: bool = True
+
+
+@dataclass(slots=True)
+class Done:
+    """A task that came back from an executor: either its per-item results or a crash."""
+
+    task_id: int
+    results: list | None = None  # one (status, value-or-reason, ErrorInfo|None) per item
+    seconds: float = 0.0
+    crash: Crash | None = None
+
+
+class TaskRunner:
+    """Runs a task's items through `fn` inside a worker; exceptions become per-item data.
+
+    `initializer(*initargs)` runs once per worker process before its first task (load a model,
+    open a resource).  With `status` (a shared array of doubles) the runner publishes which
+    item it is on and since when, so the driver can enforce deadlines and name the item that
+    killed a worker.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], initializer: Callable[..., Any] | None = None,
+                 initargs: Sequence[Any] = ()):
+        self.fn = fn
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+
+    def initialize(self) -> None:
+        if self.initializer is not None:
+            self.initializer(*self.initargs)
+
+    def run(self, payloads: Sequence[Any], status: Any = None, base: int = 0) -> list:
+        fn = self.fn
+        out = []
+        append = out.append
+        clock = time.monotonic
+        for i, payload in enumerate(payloads):
+            if status is not None:
+                status[base + 1] = i
+                status[base + 2] = clock()
+            try:
+                append((OK, fn(payload), None))
+            except Filtered as exc:
+                append((FILTERED, exc.reason, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - every item failure is data
+                append((FAILED, None, error_info(exc)))
+        return out
+
+
+def picklable_results(results: list, dumps: Callable[[Any], bytes]) -> list:
+    """Replace each result whose value cannot be pickled by a failure that says so."""
+    fixed = []
+    for res in results:
+        try:
+            dumps(res)
+            fixed.append(res)
+        except Exception as exc:  # noqa: BLE001
+            info = ErrorInfo("unpicklable", type(exc).__name__,
+                             f"the function's result cannot be pickled: {exc}", "", False)
+            fixed.append((FAILED, None, info))
+    return fixed
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """An item in the driver's hands: its key, what is sent to the worker, attempts so far."""
+
+    key: Any
+    payload: Any
+    attempts: int = 0
+    last_error: ErrorInfo | None = field(default=None)
