@@ -9,7 +9,6 @@ item that kills workers is alone, so only that item fails.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -63,7 +62,7 @@ class Scheduler:
         self._per_item: float | None = None
         self._ids = itertools.count()
         self._exact: deque[list[WorkItem]] = deque()  # tasks to run exactly as they are
-        self._retry: deque[WorkItem] = deque()  # items to run again, batched
+        self._queued: deque[WorkItem] = deque()  # items added or to run again, batched
         self._inflight: dict[int, list[WorkItem]] = {}
         self._exhausted = False
         self._started = False
@@ -76,7 +75,7 @@ class Scheduler:
             self._started = True
         while True:
             yield from self._fill()
-            if not self._inflight and self._exhausted and not self._exact and not self._retry:
+            if not self._inflight and self._exhausted and not self._exact and not self._queued:
                 return
             for done in self.executor.poll(0.2):
                 yield from self._handle(done)
@@ -86,6 +85,10 @@ class Scheduler:
         self._draining = True
         for done in self.executor.shutdown(cancel=True, grace=grace):
             yield from self._handle(done)
+
+    def add(self, items: Iterable[tuple[Any, Any]]) -> None:
+        """Add items (key, payload) to run, for example those that follow from a result."""
+        self._queued.extend(WorkItem(key, payload) for key, payload in items)
 
     def close(self) -> None:
         if self._started:
@@ -109,8 +112,8 @@ class Scheduler:
             return self._exact.popleft()
         size = self._batch
         task: list[WorkItem] = []
-        while self._retry and len(task) < size:
-            task.append(self._retry.popleft())
+        while self._queued and len(task) < size:
+            task.append(self._queued.popleft())
         if len(task) < size and not self._exhausted:
             for key, payload in itertools.islice(self._source, size - len(task)):
                 task.append(WorkItem(key, payload))
@@ -150,7 +153,7 @@ class Scheduler:
                 yield Result(w.key, w.payload, FILTERED, None, value, None, w.attempts, each)
             elif extra.retryable and w.attempts <= self.retries and not self._draining:
                 w.last_error = extra
-                self._retry.append(w)
+                self._queued.append(w)
             else:
                 yield self._outcome(w, FAILED, None, extra, each)
 

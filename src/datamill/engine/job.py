@@ -1,0 +1,107 @@
+"""What a job tells the engine: its items, what a worker does with one, what is kept."""
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow as pa
+
+from .errors import UsageError
+from .task import FAILED, OK, TaskRunner
+
+
+@dataclass(slots=True)
+class Item:
+    """One unit of work.  `key` is stable across runs; `source`, `size` and `mtime` describe
+    the input file (a changed file is redone); `stage` names the step for jobs whose items
+    expand into further items (a video is planned, then its clip ranges are cut)."""
+
+    key: str
+    payload: Any
+    stage: str = ""
+    source: str | None = None
+    size: int | None = None
+    mtime: float | None = None
+
+
+class Job(ABC):
+    """Base of every job.  Subclasses set `name` and the manifest columns, and implement
+    `fingerprint`, `items` and `runner`; the engine does the rest."""
+
+    name = "job"
+    final_stage = ""  # records of items of other stages are plans, not manifest rows
+    manifest_fields: list[pa.Field] = []
+    batch_size: int | None = 1  # None lets the engine batch tiny items
+    unit = "item"
+
+    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike):
+        self.src = Path(src)
+        self.dst = Path(dst)
+
+    # -- the contract ------------------------------------------------------------------------
+    @abstractmethod
+    def fingerprint(self) -> dict:
+        """The options that change per-item results (a rerun with others needs --overwrite)."""
+
+    def options(self) -> dict:
+        """Every option worth recording in stats.json."""
+        return self.fingerprint()
+
+    @abstractmethod
+    def items(self) -> Iterator[Item]:
+        """The job's items, lazily, in a deterministic order."""
+
+    @abstractmethod
+    def runner(self) -> TaskRunner:
+        """What a worker runs on an item's payload: returns the item's output records."""
+
+    def expand(self, item: Item, records: list[dict]) -> Iterable[Item]:
+        """Items that follow from a finished item of a non-final stage."""
+        return ()
+
+    def judge(self, records: Any) -> tuple[str, str | None, str | None]:
+        """Outcome of an item whose worker returned `records`: a record with status failed
+        fails the item (its other records are kept)."""
+        if isinstance(records, list):
+            bad = [r for r in records if isinstance(r, dict) and r.get("status") == FAILED]
+            if bad:
+                return FAILED, bad[0].get("reason") or "error", "; ".join(
+                    str(r.get("message") or r.get("reason")) for r in bad[:5])
+        return OK, None, None
+
+    def finish(self, ledger: Any, quiet: bool) -> None:
+        """A global phase after the per-item work (dedup's grouping); none by default."""
+
+    def summary_lines(self, ledger: Any) -> list[str]:
+        return []
+
+    def count(self) -> int | None:
+        """The number of items, when cheap to know ahead (for the progress ETA)."""
+        return None
+
+    # -- checks shared by jobs ---------------------------------------------------------------
+    def validate(self) -> None:
+        """Refuse, with exit status 2, a missing SRC, an unwritable DST or DST inside SRC."""
+        if not self.src.exists():
+            raise UsageError(f"SRC does not exist: {self.src}")
+        dst = self.dst.resolve()
+        if self.src.is_dir():
+            src = self.src.resolve()
+            if dst == src or src in dst.parents:
+                raise UsageError(f"DST {self.dst} is inside SRC {self.src}: its outputs would "
+                                 "become inputs; choose a DST outside SRC")
+        if dst.exists() and not dst.is_dir():
+            raise UsageError(f"DST exists and is not a folder: {self.dst}")
+        try:
+            (dst / "_datamill").mkdir(parents=True, exist_ok=True)
+            probe = dst / "_datamill" / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise UsageError(f"DST is not writable: {self.dst} ({exc.strerror or exc})") from exc
+
+    def source_gone(self) -> bool:
+        return not self.src.exists()

@@ -1,0 +1,95 @@
+"""Progress of a run: a tqdm bar on a terminal, plain periodic lines otherwise, or nothing."""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import TextIO
+
+
+class Progress:
+    """Count outcomes as they come and show them (items, rate, ETA, failures so far)."""
+
+    def __init__(self, desc: str, *, total: int | None = None, quiet: bool = False,
+                 interval: float = 10.0, stream: TextIO | None = None, unit: str = "item"):
+        self.desc = desc
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.interval = interval
+        self.unit = unit
+        self.counts: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.done = 0
+        self.total = total
+        self.started = time.monotonic()
+        self._last_show = self.started
+        self._bar = None
+        self._pending = 0
+        if not quiet and self.stream.isatty():
+            from tqdm import tqdm
+            tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
+            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream,
+                             dynamic_ncols=True, smoothing=0.1)
+            self.interval = 0.2
+
+    def update(self, status: str, reason: str | None = None, n: int = 1) -> None:
+        self.done += n
+        self._pending += n
+        self.counts[status] += n
+        if status == "failed":
+            self.failures[reason or "error"] += n
+        now = time.monotonic()
+        if now - self._last_show >= self.interval:
+            self._show(now)
+
+    def set_total(self, total: int | None) -> None:
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+
+    def _show(self, now: float) -> None:
+        self._last_show = now
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.update(self._pending)
+            self._pending = 0
+            self._bar.set_postfix_str(self._failure_text(), refresh=True)
+            return
+        rate = self.done / max(now - self.started, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        eta = ""
+        if self.total and rate > 0:
+            eta = f", ETA {_duration((self.total - self.done) / rate)}"
+        print(f"{self.desc}: {self.done}{of} {self.unit}s, {rate:.1f}/s{eta}; {self._failure_text()}",
+              file=self.stream, flush=True)
+
+    def _failure_text(self) -> str:
+        failed = self.counts.get("failed", 0)
+        text = f"failed {failed}"
+        if self.counts.get("filtered"):
+            text = f"filtered {self.counts['filtered']}, " + text
+        if failed:
+            top = ", ".join(f"{k} {v}" for k, v in self.failures.most_common(3))
+            text += f" ({top})"
+        return text
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._pending)
+            self._pending = 0
+            self._bar.set_postfix_str(self._failure_text(), refresh=False)
+            self._bar.close()
+            self._bar = None
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,0 +1,75 @@
+"""The files that describe a whole job so far, rewritten from the ledger after each run:
+manifest.parquet, failures.jsonl and stats.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .atomic import atomic_path, write_text_atomic
+from .ledger import Ledger
+from .task import FAILED, OK
+
+BASE_FIELDS = [pa.field("key", pa.string()), pa.field("source", pa.string()),
+               pa.field("status", pa.string()), pa.field("reason", pa.string())]
+
+
+def manifest_rows(row: dict, final_stage: str) -> list[dict]:
+    """The manifest rows of one ledger item: its records when ok, else one row."""
+    base = {"key": row["key"], "source": row["source"], "status": row["status"],
+            "reason": row["reason"]}
+    records = json.loads(row["records"]) if row["records"] else None
+    if row["status"] == OK and row["stage"] != final_stage:
+        return []
+    if not records or not isinstance(records, list):
+        return [] if row["status"] == OK and records == [] else [base]
+    out = []
+    for rec in records:
+        if isinstance(rec, dict):
+            out.append({**base, "status": rec.get("status", row["status"]),
+                        "reason": rec.get("reason", row["reason"]), **_without_base(rec)})
+        else:
+            out.append({**base, "value": rec})
+    return out
+
+
+def _without_base(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in ("status", "reason", "message")}
+
+
+def write_manifest(ledger: Ledger, path: Path, fields: list[pa.Field], final_stage: str) -> int:
+    schema = pa.schema(BASE_FIELDS + list(fields))
+    n = 0
+    with atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            batch: list[dict] = []
+            for row in ledger.iter_items():
+                batch.extend(manifest_rows(row, final_stage))
+                if len(batch) >= 10_000:
+                    writer.write_table(pa.Table.from_pylist(batch, schema))
+                    n += len(batch)
+                    batch = []
+            if batch or n == 0:
+                writer.write_table(pa.Table.from_pylist(batch, schema))
+                n += len(batch)
+    return n
+
+
+def write_failures(ledger: Ledger, path: Path) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in ledger.iter_items("WHERE status=?", (FAILED,)):
+            f.write(json.dumps({
+                "key": row["key"], "source": row["source"], "error_class": row["reason"],
+                "error_type": row["error_type"], "message": row["message"],
+                "traceback": row["traceback"], "attempts": row["attempts"],
+            }, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_stats(path: Path, stats: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(stats, indent=2, sort_keys=False, default=str) + "\n")
