@@ -1,0 +1,345 @@
+"""The engine: pmap's guarantees and the job run loop (ledger, resume, failures, stops)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from datamill import pmap
+from datamill.engine.errors import UsageError
+from datamill.engine.executor import Executor
+from datamill.engine.run import RunOptions, run_job
+from datamill.engine.scheduler import Scheduler
+from datamill.engine.task import Crash, Done, TaskRunner
+from textjob import UpperJob
+
+HERE = Path(__file__).parent
+
+
+def _div(x):
+    return 10 // x
+
+
+def _kill_on_7(x):
+    if x == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 2
+
+
+def _hang_on_3(x):
+    if x == 3:
+        time.sleep(3600)
+    return x
+
+
+# -- pmap ------------------------------------------------------------------------------------
+def test_pmap_returns_every_item_once_with_errors_as_data():
+    results = list(pmap(_div, [1, 2, 0, 5], workers=2))
+    assert sorted(r.item for r in results) == [0, 1, 2, 5]
+    by_item = {r.item: r for r in results}
+    assert by_item[2].ok and by_item[2].value == 5
+    bad = by_item[0]
+    assert not bad.ok and bad.error.type == "ZeroDivisionError"
+    assert "division" in bad.error.message and "_div" in bad.error.traceback
+
+
+def test_pmap_worker_killed_costs_only_its_item():
+    start = time.monotonic()
+    results = list(pmap(_kill_on_7, range(30), workers=2, retries=1))
+    assert time.monotonic() - start < 60
+    failed = [r for r in results if not r.ok]
+    assert [r.item for r in failed] == [7]
+    assert failed[0].reason == "worker_died" and failed[0].attempts == 2
+    assert "SIGKILL" in failed[0].error.message
+    assert sorted(r.value for r in results if r.ok) == [2 * x for x in range(30) if x != 7]
+
+
+def test_pmap_poison_item_in_a_large_batch_is_isolated():
+    results = list(pmap(_kill_on_7, range(200), workers=2, batch_size=50, retries=0))
+    assert len(results) == 200
+    assert [r.item for r in results if not r.ok] == [7]
+
+
+def test_pmap_item_past_deadline_is_killed():
+    start = time.monotonic()
+    results = list(pmap(_hang_on_3, range(6), workers=2, timeout=2, retries=0))
+    assert time.monotonic() - start < 30
+    failed = [r for r in results if not r.ok]
+    assert [(r.item, r.reason) for r in failed] == [(3, "timeout")]
+    assert len(results) == 6
+
+
+def test_pmap_unpicklable_argument_and_result_are_named():
+    lock = threading.Lock()
+    results = list(pmap(lambda x: x if x != "lock-result" else threading.Lock(),
+                        [1, lock, "lock-result", 4], workers=2))
+    assert len(results) == 4
+    failed = {repr(r.item): r for r in results if not r.ok}
+    assert len(failed) == 2
+    arg = failed[repr(lock)]
+    assert arg.reason == "unpicklable" and "lock" in arg.error.message.lower()
+    assert failed[repr("lock-result")].reason == "unpicklable"
+    assert "result" in failed[repr("lock-result")].error.message
+
+
+_INIT = {}
+
+
+def _init(tag):
+    _INIT["tag"] = tag
+    _INIT["count"] = _INIT.get("count", 0) + 1
+
+
+def _report_init(x):
+    return os.getpid(), _INIT.get("tag"), _INIT.get("count")
+
+
+def test_pmap_initializer_runs_once_per_worker():
+    results = list(pmap(_report_init, range(100), workers=2, initializer=_init, initargs=("m",),
+                        batch_size=1))
+    assert all(r.ok for r in results)
+    assert {r.value[1] for r in results} == {"m"}
+    assert {r.value[2] for r in results} == {1}
+    assert 1 <= len({r.value[0] for r in results}) <= 2
+
+
+def test_pmap_serial_gives_the_same_results_as_local():
+    items = [1, 2, 0, 5, 3]
+    local = sorted((r.item, r.ok, r.value) for r in pmap(_div, items, workers=2))
+    serial = sorted((r.item, r.ok, r.value) for r in pmap(_div, items, executor="serial"))
+    assert local == serial
+
+
+def _slow(x):
+    time.sleep(0.02)
+    return x
+
+
+def test_pmap_consumes_its_input_lazily():
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield i
+
+    it = pmap(_slow, source(), workers=2)
+    for _ in range(20):
+        next(it)
+    it.close()
+    assert pulled < 500, pulled
+
+
+def _flaky(path):
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise ConnectionError("first try fails")
+    return "ok"
+
+
+def test_pmap_retries_a_transient_failure(tmp_path):
+    results = list(pmap(_flaky, [str(tmp_path / "marker")], workers=1, retries=1))
+    assert results[0].ok and results[0].attempts == 2
+
+
+class _CrashIfSeven(Executor):
+    """An executor that cannot say which item was running, like a remote cluster."""
+
+    name = "fake"
+
+    def __init__(self):
+        super().__init__(1)
+        self.queue = []
+        self.tasks_run = 0
+
+    def start(self, runner, timeout=None):
+        self.runner = runner
+
+    def free_slots(self):
+        return 1 - len(self.queue)
+
+    def submit(self, task_id, payloads):
+        self.queue.append((task_id, payloads))
+
+    def poll(self, timeout):
+        task_id, payloads = self.queue.pop()
+        self.tasks_run += 1
+        if 7 in payloads:
+            return [Done(task_id, crash=Crash("worker_died", "lost", culprit=None))]
+        return [Done(task_id, self.runner.run(payloads), 0.0)]
+
+    def shutdown(self, cancel=False, grace=0.0):
+        return []
+
+
+def test_crash_without_a_culprit_is_bisected_until_the_item_is_alone():
+    ex = _CrashIfSeven()
+    results = list(Scheduler(ex, TaskRunner(lambda x: x), ((i, i) for i in range(64)),
+                             retries=0, batch_size=64))
+    assert sorted(r.key for r in results) == list(range(64))
+    assert [r.key for r in results if not r.ok] == [7]
+    assert ex.tasks_run <= 2 * 7 + 2  # halves: about 2 log2(64) tasks, not 64
+
+
+# -- jobs --------------------------------------------------------------------------------------
+def _tree(root: Path, contents: dict[str, str]) -> Path:
+    for rel, text in contents.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    return root
+
+
+def _manifest(dst: Path) -> list[dict]:
+    return pq.read_table(dst / "manifest.parquet").to_pylist()
+
+
+def test_job_records_every_outcome_and_goes_on(tmp_path):
+    src = _tree(tmp_path / "src", {"a.txt": "hello", "sub/b.txt": "RAISE", "c.txt": "SKIP",
+                                   "d.txt": "KILL", "e.bin": "not an item"})
+    dst = tmp_path / "dst"
+    report = run_job(UpperJob(src, dst), RunOptions(quiet=True, workers=2))
+    assert report.exit_code == 1
+    assert (dst / "a.txt.out").read_text() == "HELLO"
+    rows = {r["key"]: r for r in _manifest(dst)}
+    assert rows["a.txt"]["status"] == "ok" and rows["a.txt"]["output"].endswith("a.txt.out")
+    assert rows["c.txt"]["status"] == "filtered" and rows["c.txt"]["reason"] == "skip_marker"
+    assert rows["sub/b.txt"]["status"] == "failed" and rows["sub/b.txt"]["reason"] == "ValueError"
+    assert rows["d.txt"]["reason"] == "worker_died"
+    failures = [json.loads(line) for line in (dst / "failures.jsonl").read_text().splitlines()]
+    by_key = {f["key"]: f for f in failures}
+    assert set(by_key) == {"sub/b.txt", "d.txt"}
+    assert "cannot handle b.txt" in by_key["sub/b.txt"]["message"]
+    assert "Traceback" in by_key["sub/b.txt"]["traceback"] and by_key["d.txt"]["attempts"] == 2
+    stats = json.loads((dst / "stats.json").read_text())
+    assert stats["counts"] == {"ok": 1, "filtered": 1, "failed": 2}
+
+
+def test_rerun_skips_done_items_and_redoes_a_changed_source(tmp_path):
+    src = _tree(tmp_path / "src", {f"f{i}.txt": f"text {i}" for i in range(10)})
+    dst = tmp_path / "dst"
+    assert run_job(UpperJob(src, dst), RunOptions(quiet=True)).exit_code == 0
+    (src / "f3.txt").write_text("changed and longer")
+    report = run_job(UpperJob(src, dst), RunOptions(quiet=True))
+    assert report.exit_code == 0
+    assert report.stats["this_run"]["items"] == 1
+    assert report.stats["this_run"]["skipped_done"] == 9
+    assert (dst / "f3.txt.out").read_text() == "CHANGED AND LONGER"
+    assert len(_manifest(dst)) == 10
+
+
+def test_failed_items_are_retried_only_when_asked(tmp_path):
+    src = _tree(tmp_path / "src", {"ok.txt": "fine", "bad.txt": "RAISE"})
+    dst = tmp_path / "dst"
+    assert run_job(UpperJob(src, dst), RunOptions(quiet=True)).exit_code == 1
+    again = run_job(UpperJob(src, dst), RunOptions(quiet=True))
+    assert again.exit_code == 1 and again.stats["this_run"]["items"] == 0
+    assert again.stats["this_run"]["skipped_failed"] == 1
+    bad = src / "bad.txt"
+    st = bad.stat()
+    bad.write_text("RAISE")  # same size: only --retry-failed brings it back
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    retried = run_job(UpperJob(src, dst), RunOptions(quiet=True, retry_failed={"KeyError"}))
+    assert retried.stats["this_run"]["items"] == 0
+    retried = run_job(UpperJob(src, dst), RunOptions(quiet=True, retry_failed=True))
+    assert retried.stats["this_run"]["items"] == 1 and retried.exit_code == 1
+
+
+def test_changed_result_options_are_refused_without_overwrite(tmp_path):
+    src = _tree(tmp_path / "src", {"a.txt": "x"})
+    dst = tmp_path / "dst"
+    run_job(UpperJob(src, dst), RunOptions(quiet=True))
+    with pytest.raises(UsageError, match="--overwrite"):
+        run_job(UpperJob(src, dst, suffix=".up"), RunOptions(quiet=True))
+    # scheduling options never need it
+    assert run_job(UpperJob(src, dst), RunOptions(quiet=True, workers=1, timeout=9)).exit_code == 0
+    report = run_job(UpperJob(src, dst, suffix=".up"), RunOptions(quiet=True, overwrite=True))
+    assert report.exit_code == 0 and (dst / "a.txt.up").exists()
+
+
+def test_usage_errors(tmp_path):
+    src = _tree(tmp_path / "src", {"a.txt": "x"})
+    with pytest.raises(UsageError, match="does not exist"):
+        run_job(UpperJob(tmp_path / "missing", tmp_path / "dst"))
+    with pytest.raises(UsageError, match="inside SRC"):
+        run_job(UpperJob(src, src / "out"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError, match="not writable|not a folder"):
+        run_job(UpperJob(src, tmp_path / "file" / "dst"))
+
+
+def test_unwritable_dst_as_an_unprivileged_user(tmp_path):
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(UsageError, match="not writable"):
+            run_job(UpperJob(_tree(tmp_path / "src", {"a.txt": "x"}), locked / "dst"))
+        return
+    import tempfile
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    os.chmod(base, 0o755)
+    _tree(base / "src", {"a.txt": "x"})
+    (base / "locked").mkdir(mode=0o555)
+    os.chmod(base / "src", 0o755)
+    code = (
+        "import os, sys; sys.path[:0] = [%r, %r];"
+        "from textjob import UpperJob; from datamill.engine.run import run_job, RunOptions;"
+        "from datamill.engine.errors import UsageError;"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "try:\n run_job(UpperJob(%r, %r), RunOptions(quiet=True))\n"
+        "except UsageError as e:\n print('USAGE', e); sys.exit(2)\n"
+    ) % (str(HERE), str(Path(__import__("datamill").__file__).parents[1]),
+         str(base / "src"), str(base / "locked" / "dst"))
+    # the interpreter may live where nobody can read it; copy nothing, run it as root then drop
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "not writable" in out.stdout
+
+
+def test_nearly_everything_failing_stops_the_job_early(tmp_path):
+    src = _tree(tmp_path / "src", {f"f{i:04d}.txt": "RAISE" for i in range(300)})
+    dst = tmp_path / "dst"
+    report = run_job(UpperJob(src, dst), RunOptions(quiet=True, failure_window=50, retries=0))
+    assert report.exit_code == 1
+    assert report.stats["this_run"]["status"] == "stopped"
+    assert "50 of the last 50 items failed" in report.message and "ValueError" in report.message
+    assert report.stats["this_run"]["items"] < 200
+    # the failures of the window are not kept, so the next run tries them again
+    assert report.counts["failed"] < report.stats["this_run"]["items"]
+
+
+def test_a_full_disk_stops_the_job_at_once(tmp_path):
+    src = _tree(tmp_path / "src", {f"f{i:03d}.txt": "FULL" if i == 5 else "x" for i in range(100)})
+    report = run_job(UpperJob(src, tmp_path / "dst"), RunOptions(quiet=True, workers=1))
+    assert report.stats["this_run"]["status"] == "stopped"
+    assert "disk is full" in report.message
+    assert report.stats["this_run"]["items"] < 100
+
+
+def test_interrupt_then_rerun_completes_with_every_item_once(tmp_path):
+    src = _tree(tmp_path / "src", {f"f{i:02d}.txt": "SLOW" for i in range(40)})
+    dst = tmp_path / "dst"
+    cmd = [sys.executable, str(HERE / "textjob.py"), str(src), str(dst)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "run the same command again" in out
+    done_first = len(list(dst.glob("*.out")))
+    assert 0 < done_first < 40
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    keys = [r["key"] for r in _manifest(dst)]
+    assert sorted(keys) == sorted(f"f{i:02d}.txt" for i in range(40))
+    assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
+    assert all(p.read_text() == "SLOW" for p in dst.glob("*.out"))
