@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .engine.errors import Filtered, ItemError, UsageError
 from .engine.pmap import pmap
+from .engine.run import RunOptions, RunReport
 from .engine.scheduler import Result
 
 try:
@@ -12,4 +13,13 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["pmap", "Result", "Filtered", "ItemError", "UsageError", "__version__"]
+__all__ = ["pmap", "clips", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
+           "UsageError", "__version__"]
+
+
+def __getattr__(name: str):
+    # jobs load their media libraries (PyAV...) only when asked for
+    if name == "clips":
+        from .jobs.clips import clips
+        return clips
+    raise AttributeError(f"module 'datamill' has no attribute {name!r}")

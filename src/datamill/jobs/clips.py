@@ -1,0 +1,243 @@
+"""Job `clips`: cut every video of a tree into fixed-length, resized clips.
+
+Items are videos (stage "plan": a worker probes the video by demuxing only and plans clip
+tasks of about `task_frames` frames aligned on keyframes), then clip tasks (stage "cut": a
+worker seeks to the task's keyframe, decodes its range and writes its clips).  So one long
+video is spread over every core, and a rerun redoes only the unfinished ranges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from ..engine.errors import UsageError
+from ..engine.job import Item, Job
+from ..engine.task import TaskRunner
+from ..io.sources import WalkStats, walk_files
+from ..media.video import (ClipSpec, ClipTask, VideoError, cut_clips, output_size,
+                           plan_clip_tasks, probe_video)
+
+log = logging.getLogger("datamill")
+
+VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm", "m4v")
+CODECS = ("h264", "hevc", "vp9", "av1", "mpeg4", "copy")
+FORMATS = ("mp4", "frames", "npy")
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """Everything a worker needs to cut clips; all but task_frames change the results."""
+
+    frames: int = 64
+    stride: int | None = None
+    drop_last: bool = False
+    fps: float | None = None
+    size: tuple[int, int] | None = None
+    short_side: int | None = None
+    max_side: int | None = None
+    codec: str = "h264"
+    crf: int | None = None
+    preset: str | None = None
+    format: str = "mp4"
+    audio: str = "drop"
+    layout: str = "mirror"
+    task_frames: int = 512
+
+    def validate(self) -> None:
+        if self.frames < 1:
+            raise UsageError("--frames must be at least 1")
+        if self.stride is not None and self.stride < 1:
+            raise UsageError("--stride must be at least 1")
+        if sum(x is not None for x in (self.size, self.short_side, self.max_side)) > 1:
+            raise UsageError("give at most one of --size, --short-side, --max-side")
+        if self.codec not in CODECS:
+            raise UsageError(f"--codec must be one of {', '.join(CODECS)}")
+        if self.format not in FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+        if self.codec == "copy" and (self.format != "mp4" or self.fps or self.resizes):
+            raise UsageError("--codec copy does not re-encode: it cannot resize, resample "
+                             "--fps or write --format frames/npy")
+        if self.audio not in ("drop", "keep"):
+            raise UsageError("--audio must be drop or keep")
+        if self.layout not in ("mirror", "flat"):
+            raise UsageError("--layout must be mirror or flat")
+        try:
+            if self.size:
+                output_size(*self.size, size=self.size)
+            for n in (self.short_side, self.max_side):
+                if n is not None:
+                    output_size(n, n, short_side=n)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+
+    @property
+    def resizes(self) -> bool:
+        return any(x is not None for x in (self.size, self.short_side, self.max_side))
+
+    def fingerprint(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("task_frames")
+        d["stride"] = self.stride or self.frames
+        return d
+
+
+def clip_paths(dst: Path, rel: str, opts: ClipOptions, source_suffix: str) -> tuple[Path, str]:
+    """(folder, file stem prefix) of a video's clips: mirrored tree or flat."""
+    relp = Path(rel)
+    if opts.layout == "flat":
+        return dst, "__".join(relp.with_suffix("").parts)
+    return dst / relp.parent / relp.stem, relp.stem
+
+
+def clip_output(folder: Path, prefix: str, index: int, opts: ClipOptions, source_suffix: str) -> str:
+    name = f"{prefix}_{index:04d}"
+    if opts.format == "frames":
+        return str(folder / name)
+    if opts.format == "npy":
+        return str(folder / f"{name}.npy")
+    suffix = source_suffix.lower() if opts.codec == "copy" and source_suffix.lower() in (
+        ".mkv", ".webm", ".mov") else ".mp4"
+    return str(folder / f"{name}{suffix}")
+
+
+def clips_worker(opts: ClipOptions, dst: str, payload: tuple) -> list[dict]:
+    """Run in a worker: plan a video, or cut one task of its clips."""
+    if payload[0] == "plan":
+        return plan_video(opts, payload[1])
+    _, path, rel, task, geometry = payload
+    folder, prefix = clip_paths(Path(dst), rel, opts, Path(path).suffix)
+    clip_task = ClipTask(clips=tuple(ClipSpec(*c) for c in task["clips"]),
+                         seek_frame=task["seek_frame"], seek_pts=task["seek_pts"])
+    results = cut_clips(
+        path, clip_task,
+        out_paths=lambda spec: clip_output(folder, prefix, spec.index, opts, Path(path).suffix),
+        size=tuple(geometry["size"]) if geometry["size"] else None, codec=opts.codec,
+        crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio, fps=opts.fps)
+    records = []
+    for r in results:
+        rec = dataclasses.asdict(r)
+        rec["clip_index"] = rec.pop("index")
+        rec["reason"] = rec.pop("error_class", None)
+        rec["size_note"] = geometry["note"]
+        rec["path"] = os.path.relpath(rec["path"], dst) if rec.get("path") else None
+        records.append(rec)
+    return records
+
+
+def plan_video(opts: ClipOptions, path: str) -> list[dict]:
+    info = probe_video(path)
+    if opts.resizes:
+        w, h, note = output_size(info.display_width, info.display_height, size=opts.size,
+                                 short_side=opts.short_side, max_side=opts.max_side)
+        size: list[int] | None = [w, h]
+    else:
+        w, h, note = output_size(info.display_width, info.display_height)
+        size = [w, h] if (w, h) != (info.display_width, info.display_height) else None
+    tasks = plan_clip_tasks(info, frames=opts.frames, stride=opts.stride or opts.frames,
+                            drop_last=opts.drop_last, fps=opts.fps, task_frames=opts.task_frames)
+    if not tasks:
+        raise VideoError(f"{info.frame_count} frames: shorter than one clip of {opts.frames} "
+                         "and --drop-last is set", error_class="too_short")
+    geometry = {"size": size, "note": note}
+    return [{"clips": [dataclasses.astuple(c) for c in t.clips], "seek_frame": t.seek_frame,
+             "seek_pts": t.seek_pts, "geometry": geometry} for t in tasks]
+
+
+class ClipsJob(Job):
+    name = "clips"
+    final_stage = "cut"
+    unit = "task"
+    manifest_fields = [
+        pa.field("clip_index", pa.int32()), pa.field("first_frame", pa.int64()),
+        pa.field("frame_count", pa.int32()), pa.field("start_time", pa.float64()),
+        pa.field("duration", pa.float64()), pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()), pa.field("codec", pa.string()),
+        pa.field("bytes", pa.int64()), pa.field("path", pa.string()),
+        pa.field("size_note", pa.string()),
+    ]
+
+    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike,
+                 options: ClipOptions | None = None, extensions: tuple[str, ...] = VIDEO_EXTENSIONS):
+        super().__init__(src, dst)
+        self.opts = options or ClipOptions()
+        self.extensions = extensions
+        self.walk = WalkStats()
+        self._warned_sizes: set[str] = set()
+
+    def validate(self) -> None:
+        self.opts.validate()
+        super().validate()
+        if not self.src.is_dir():
+            raise UsageError(f"SRC must be a folder of videos: {self.src}")
+
+    def fingerprint(self) -> dict:
+        return self.opts.fingerprint()
+
+    def options(self) -> dict:
+        return {**dataclasses.asdict(self.opts), "extensions": list(self.extensions)}
+
+    def items(self) -> Iterator[Item]:
+        for e in walk_files(self.src, self.extensions, self.walk):
+            yield Item(e.rel, ("plan", e.path), stage="plan", source=e.path, size=e.size,
+                       mtime=e.mtime)
+
+    def runner(self) -> TaskRunner:
+        return TaskRunner(functools.partial(clips_worker, self.opts, str(self.dst)))
+
+    def expand(self, item: Item, records: list[dict]) -> Iterator[Item]:
+        for task in records:
+            note = task["geometry"]["note"]
+            if note and note not in self._warned_sizes:
+                self._warned_sizes.add(note)
+                log.warning("%s", note)
+            first = task["clips"][0][0]
+            yield Item(f"{item.key}#{first:05d}", ("cut", item.source, item.key, task,
+                                                   task["geometry"]),
+                       stage="cut", source=item.source, size=item.size, mtime=item.mtime)
+
+    def summary_lines(self, ledger: Any) -> list[str]:
+        db: sqlite3.Connection = ledger.db
+        videos = db.execute("SELECT COUNT(*), SUM(status='ok') FROM items WHERE stage='plan'").fetchone()
+        partial = db.execute(
+            "SELECT COUNT(*) FROM (SELECT source FROM items WHERE stage='cut' GROUP BY source "
+            "HAVING SUM(status='ok') > 0 AND SUM(status='failed') > 0)").fetchone()[0]
+        lines = [f"videos: {videos[0] or 0} found, {videos[1] or 0} readable"
+                 + (f", {partial} partial (some clips failed)" if partial else "")
+                 + (f"; {self.walk.other_files} other files ignored" if self.walk.other_files else "")]
+        if self.walk.error_count:
+            lines.append(f"walk: {self.walk.error_count} paths skipped (e.g. {self.walk.errors[0][0]}: "
+                         f"{self.walk.errors[0][1]})")
+        for note in sorted(self._warned_sizes):
+            lines.append(f"size: {note}")
+        return lines
+
+
+def clips(src: str | os.PathLike, dst: str | os.PathLike, *, frames: int = 64,
+          stride: int | None = None, drop_last: bool = False, fps: float | None = None,
+          size: tuple[int, int] | None = None, short_side: int | None = None,
+          max_side: int | None = None, codec: str = "h264", crf: int | None = None,
+          preset: str | None = None, format: str = "mp4", audio: str = "drop",
+          layout: str = "mirror", extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
+          **engine: Any):
+    """Cut every video under `src` into clips of `frames` frames in `dst` (see `datamill clips --help`).
+
+    Engine options (workers, executor, quiet, overwrite, retry_failed, limit, dry_run, timeout,
+    retries) are passed through.  Returns the run's `RunReport`.
+
+    >>> report = datamill.clips("videos/", "clips/", frames=64, size=(565, 320))  # doctest: +SKIP
+    >>> report.counts
+    {'ok': 42, 'filtered': 0, 'failed': 1}
+    """
+    from ..engine.run import RunOptions, run_job
+    opts = ClipOptions(frames=frames, stride=stride, drop_last=drop_last, fps=fps, size=size,
+                       short_side=short_side, max_side=max_side, codec=codec, crf=crf,
+                       preset=preset, format=format, audio=audio, layout=layout)
+    return run_job(ClipsJob(src, dst, opts, tuple(extensions)), RunOptions(**engine))
