@@ -343,3 +343,17 @@ def test_interrupt_then_rerun_completes_with_every_item_once(tmp_path):
     assert sorted(keys) == sorted(f"f{i:02d}.txt" for i in range(40))
     assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
     assert all(p.read_text() == "SLOW" for p in dst.glob("*.out"))
+
+
+def test_src_disappearing_stops_the_job_with_the_cause(tmp_path):
+    import shutil
+    src = _tree(tmp_path / "src", {f"f{i:02d}.txt": "SLOW" for i in range(60)})
+    timer = threading.Timer(1.0, shutil.rmtree, args=(src,))
+    timer.start()
+    try:
+        report = run_job(UpperJob(src, tmp_path / "dst"), RunOptions(quiet=True, workers=2))
+    finally:
+        timer.join()
+    assert report.stats["this_run"]["status"] == "stopped"
+    assert "disappeared" in report.message
+    assert report.counts["failed"] == 0  # nothing is recorded as failed: the next run resumes

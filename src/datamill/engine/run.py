@@ -180,6 +180,9 @@ class _Run:
                 self.ledger.forget(k for k, reason in self.window if reason is not None)
             except WorkerInitError as exc:
                 status, message = "stopped", f"stopped: {exc}"
+            except OSError as exc:  # reading the input itself failed
+                status, message = "stopped", f"stopped: reading the input failed: {exc}"
+                self._drain()
             finally:
                 self.sched.close()
                 self.progress.close()

@@ -1,0 +1,52 @@
+"""The command line: exit statuses, status of a job folder, help and version."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from datamill.engine.run import RunOptions, run_job
+from textjob import UpperJob
+
+
+def datamill(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "datamill", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_help_and_version():
+    out = datamill("--help")
+    assert out.returncode == 0 and "clips" in out.stdout and "status" in out.stdout
+    assert "demo" in out.stdout
+    version = datamill("--version")
+    assert version.returncode == 0 and "datamill, version" in version.stdout
+
+
+def test_usage_errors_exit_2(tmp_path):
+    missing = datamill("clips", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert missing.returncode == 2 and "SRC does not exist" in missing.stderr
+    src = tmp_path / "src"
+    src.mkdir()
+    inside = datamill("clips", str(src), str(src / "out"))
+    assert inside.returncode == 2 and "inside SRC" in inside.stderr
+    bad_option = datamill("clips", str(src), str(tmp_path / "out"), "--size", "abc")
+    assert bad_option.returncode == 2 and "WIDTHxHEIGHT" in bad_option.stderr
+    both = datamill("clips", str(src), str(tmp_path / "out"), "--size", "64x64", "--short-side", "32")
+    assert both.returncode == 2 and "at most one" in both.stderr
+
+
+def test_status_summarises_a_job_folder_without_running(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("x")
+    (src / "b.txt").write_text("RAISE")
+    dst = tmp_path / "dst"
+    run_job(UpperJob(src, dst), RunOptions(quiet=True))
+    before = sorted(p.name for p in dst.iterdir())
+    out = datamill("status", str(dst))
+    assert out.returncode == 0, out.stderr
+    assert "datamill upper job" in out.stdout
+    assert "ok 1, filtered 0, failed 1" in out.stdout and "ValueError 1" in out.stdout
+    assert "run 1" in out.stdout
+    assert sorted(p.name for p in dst.iterdir()) == before
+    assert datamill("status", str(tmp_path)).returncode == 2
