@@ -11,8 +11,9 @@ import dataclasses
 import functools
 import logging
 import os
-import sqlite3
+import json
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -115,12 +116,14 @@ def clips_worker(opts: ClipOptions, dst: str, payload: tuple) -> list[dict]:
     _, path, rel, task, geometry = payload
     folder, prefix = clip_paths(Path(dst), rel, opts, Path(path).suffix)
     clip_task = ClipTask(clips=tuple(ClipSpec(*c) for c in task["clips"]),
-                         seek_frame=task["seek_frame"], seek_pts=task["seek_pts"])
+                         seek_frame=task["seek_frame"], seek_pts=task["seek_pts"],
+                         start_pts=task["start_pts"],
+                         fps=Fraction(task["fps"]) if task["fps"] else None)
     results = cut_clips(
         path, clip_task,
         out_paths=lambda spec: clip_output(folder, prefix, spec.index, opts, Path(path).suffix),
         size=tuple(geometry["size"]) if geometry["size"] else None, codec=opts.codec,
-        crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio, fps=opts.fps)
+        crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio)
     records = []
     for r in results:
         rec = dataclasses.asdict(r)
@@ -134,13 +137,9 @@ def clips_worker(opts: ClipOptions, dst: str, payload: tuple) -> list[dict]:
 
 def plan_video(opts: ClipOptions, path: str) -> list[dict]:
     info = probe_video(path)
-    if opts.resizes:
-        w, h, note = output_size(info.display_width, info.display_height, size=opts.size,
-                                 short_side=opts.short_side, max_side=opts.max_side)
-        size: list[int] | None = [w, h]
-    else:
-        w, h, note = output_size(info.display_width, info.display_height)
-        size = [w, h] if (w, h) != (info.display_width, info.display_height) else None
+    w, h, note = output_size(info.display_width, info.display_height, size=opts.size,
+                             short_side=opts.short_side, max_side=opts.max_side)
+    size = [w, h] if opts.resizes or note else None
     tasks = plan_clip_tasks(info, frames=opts.frames, stride=opts.stride or opts.frames,
                             drop_last=opts.drop_last, fps=opts.fps, task_frames=opts.task_frames)
     if not tasks:
@@ -148,7 +147,8 @@ def plan_video(opts: ClipOptions, path: str) -> list[dict]:
                          "and --drop-last is set", error_class="too_short")
     geometry = {"size": size, "note": note}
     return [{"clips": [dataclasses.astuple(c) for c in t.clips], "seek_frame": t.seek_frame,
-             "seek_pts": t.seek_pts, "geometry": geometry} for t in tasks]
+             "seek_pts": t.seek_pts, "start_pts": t.start_pts,
+             "fps": str(t.fps) if t.fps else None, "geometry": geometry} for t in tasks]
 
 
 class ClipsJob(Job):
@@ -204,17 +204,26 @@ class ClipsJob(Job):
                        stage="cut", source=item.source, size=item.size, mtime=item.mtime)
 
     def summary_lines(self, ledger: Any) -> list[str]:
-        db: sqlite3.Connection = ledger.db
-        videos = db.execute("SELECT COUNT(*), SUM(status='ok') FROM items WHERE stage='plan'").fetchone()
-        partial = db.execute(
-            "SELECT COUNT(*) FROM (SELECT source FROM items WHERE stage='cut' GROUP BY source "
-            "HAVING SUM(status='ok') > 0 AND SUM(status='failed') > 0)").fetchone()[0]
-        lines = [f"videos: {videos[0] or 0} found, {videos[1] or 0} readable"
-                 + (f", {partial} partial (some clips failed)" if partial else "")
+        videos = readable = 0
+        for row in ledger.iter_items("WHERE stage='plan'"):
+            videos += 1
+            readable += row["status"] == "ok"
+        written = failed = 0
+        by_video: dict[str, set[str]] = {}
+        for row in ledger.iter_items("WHERE stage='cut'"):
+            for rec in json.loads(row["records"] or "[]"):
+                ok = rec.get("status") == "ok"
+                written += ok
+                failed += not ok
+                by_video.setdefault(row["source"], set()).add("ok" if ok else "failed")
+        partial = sum(1 for s in by_video.values() if len(s) == 2)
+        lines = [f"clips: {written} written" + (f", {failed} failed" if failed else ""),
+                 f"videos: {videos} found, {readable} readable"
+                 + (f", {partial} partial (clips after damage failed)" if partial else "")
                  + (f"; {self.walk.other_files} other files ignored" if self.walk.other_files else "")]
         if self.walk.error_count:
-            lines.append(f"walk: {self.walk.error_count} paths skipped (e.g. {self.walk.errors[0][0]}: "
-                         f"{self.walk.errors[0][1]})")
+            lines.append(f"walk: {self.walk.error_count} paths skipped (e.g. "
+                         f"{self.walk.errors[0][0]}: {self.walk.errors[0][1]})")
         for note in sorted(self._warned_sizes):
             lines.append(f"size: {note}")
         return lines
