@@ -289,7 +289,7 @@ def _summary(job: Job, stats: dict, run: dict, extra: list[str], message: str,
     lines = [f"datamill {job.name}: {run['status']} in {run['seconds']:.1f} s; this run "
              f"{run['items']} {job.unit}s ({run['items_per_second'] or 0:.1f}/s)"
              + (f", {run['skipped_done']} already done" if run["skipped_done"] else "")]
-    lines.append(f"  whole job: ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}")
+    lines.append(f"  whole job ({job.unit}s): ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}")
     if stats["filtered"]:
         lines.append("  filtered: " + ", ".join(f"{k} {v}" for k, v in stats["filtered"].items()))
     if stats["failures"]:
