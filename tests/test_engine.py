@@ -357,3 +357,45 @@ def test_src_disappearing_stops_the_job_with_the_cause(tmp_path):
     assert report.stats["this_run"]["status"] == "stopped"
     assert "disappeared" in report.message
     assert report.counts["failed"] == 0  # nothing is recorded as failed: the next run resumes
+
+
+def _shard_batch(task_id, payloads):
+    from datamill.engine.task import failed, filtered, ok
+    out = []
+    for p in payloads:
+        if p == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        out.append(failed("bad", "bad item") if p == "bad" else
+                   filtered("small") if p == "small" else ok((task_id, p)))
+    return out
+
+
+def test_batch_runner_gets_whole_tasks_and_a_killer_is_isolated_by_halves():
+    items = [f"i{n}" for n in range(40)] + ["bad", "small", "kill"]
+    sched = Scheduler(__import__("datamill.engine.local", fromlist=["x"]).LocalExecutor(2),
+                      TaskRunner(batch_fn=_shard_batch), ((p, p) for p in items),
+                      retries=0, batch_size=16, first_task_id=100)
+    try:
+        results = {r.key: r for r in sched}
+    finally:
+        sched.close()
+    assert set(results) == set(items)
+    assert results["kill"].reason == "worker_died"
+    assert results["bad"].reason == "bad" and results["small"].status == "filtered"
+    task_ids = {r.value[0] for r in results.values() if r.ok}
+    assert min(task_ids) >= 100
+    # items of one task share its id; the first tasks hold 16 items each
+    assert results["i0"].value[0] == results["i15"].value[0] != results["i16"].value[0]
+    assert sorted(k for k, r in results.items() if r.status == "failed") == ["bad", "kill"]
+
+
+def test_task_ids_continue_across_runs(tmp_path):
+    from datamill.engine.ledger import Ledger
+    src = _tree(tmp_path / "src", {f"f{i}.txt": "x" for i in range(5)})
+    dst = tmp_path / "dst"
+    run_job(UpperJob(src, dst), RunOptions(quiet=True))
+    first = Ledger(dst / "_datamill" / "state.sqlite").next_task_id
+    assert first >= 1
+    (src / "new.txt").write_text("y")
+    run_job(UpperJob(src, dst), RunOptions(quiet=True))
+    assert Ledger(dst / "_datamill" / "state.sqlite").next_task_id > first

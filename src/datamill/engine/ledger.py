@@ -54,6 +54,9 @@ class Ledger:
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
+        # Tasks are numbered across runs (they may name shards); saved with every flush, so
+        # a task whose results are in the ledger always has a smaller id.
+        self.next_task_id: int = self.get_meta("next_task_id", 0)
 
     @classmethod
     def open_existing(cls, path: str | Path) -> "Ledger":
@@ -102,6 +105,8 @@ class Ledger:
                 self.db.executemany(
                     f"INSERT OR REPLACE INTO items VALUES ({','.join('?' * len(_COLUMNS))})",
                     self._buffer)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_task_id', ?)",
+                                (str(self.next_task_id),))
             self._buffer.clear()
         self._last_flush = time.monotonic()
 

@@ -48,7 +48,7 @@ def _worker_main(runner: TaskRunner, slot: int, tasks: Any, conn: Any, status: A
         task_id, payloads = pickle.loads(blob)
         status[base] = task_id
         start = clock()
-        results = runner.run(payloads, status, base)
+        results = runner.run(payloads, status, base, task_id)
         seconds = clock() - start
         status[base] = -1
         try:
@@ -201,7 +201,8 @@ class LocalExecutor(Executor):
         """Report the tasks `w` held as crashed, and start a new worker in its slot."""
         base = w.slot * _FIELDS
         running = int(self._status[base])
-        culprit = int(self._status[base + 1])
+        index = int(self._status[base + 1])
+        culprit = index if index >= 0 else None
         for i, task_id in enumerate(w.held):
             started = i == 0 and running == task_id
             done.append(Done(task_id, crash=Crash(reason, message,

@@ -162,7 +162,8 @@ class _Run:
                                 **({"address": self.opts.ray_address} if self.opts.ray_address else {}))
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
                                retries=self.opts.retries, timeout=self.opts.timeout,
-                               batch_size=self.job.batch_size)
+                               batch_size=self.job.batch_size,
+                               first_task_id=self.ledger.next_task_id)
         status, message = "completed", ""
         previous = _sigterm_as_interrupt()
         try:
@@ -201,6 +202,7 @@ class _Run:
             self.sched.executor.shutdown(cancel=True)
 
     def _handle(self, r: Result, watch: bool) -> None:
+        self.ledger.next_task_id = self.sched.next_task_id
         it = self.meta.pop(r.key)
         common = dict(attempts=r.attempts, source=it.source, size=it.size, mtime=it.mtime,
                       seconds=r.seconds)

@@ -44,12 +44,12 @@ class Scheduler:
 
     `retries`: further attempts for an item that failed with a retryable error, crashed its
     worker or ran past its deadline.  `batch_size`: items per task, or None to adapt it so a
-    task takes about `task_seconds`.
+    task takes about `task_seconds`.  Task ids count from `first_task_id`.
     """
 
     def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
                  *, retries: int = 1, timeout: float | None = None, batch_size: int | None = None,
-                 max_batch: int = 4096, task_seconds: float = 0.05):
+                 max_batch: int = 4096, task_seconds: float = 0.05, first_task_id: int = 0):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -60,7 +60,8 @@ class Scheduler:
         self._max_batch = max_batch
         self._task_seconds = task_seconds
         self._per_item: float | None = None
-        self._ids = itertools.count()
+        self._ids = itertools.count(first_task_id)
+        self.next_task_id = first_task_id
         self._exact: deque[list[WorkItem]] = deque()  # tasks to run exactly as they are
         self._queued: deque[WorkItem] = deque()  # items added or to run again, batched
         self._inflight: dict[int, list[WorkItem]] = {}
@@ -123,6 +124,7 @@ class Scheduler:
 
     def _submit(self, task: list[WorkItem]) -> Iterator[Result]:
         task_id = next(self._ids)
+        self.next_task_id = task_id + 1
         try:
             self.executor.submit(task_id, [w.payload for w in task])
         except TaskEncodingError as exc:

@@ -39,7 +39,7 @@ class SerialExecutor(Executor):
             return []
         task_id, payloads = self._queue.popleft()
         start = time.monotonic()
-        results = self._runner.run(payloads)
+        results = self._runner.run(payloads, task_id=task_id)
         return [Done(task_id, results, time.monotonic() - start)]
 
     def shutdown(self, cancel: bool = False, grace: float = 0.0) -> list[Done]:

@@ -80,17 +80,26 @@ class Done:
 
 
 class TaskRunner:
-    """Runs a task's items through `fn` inside a worker; exceptions become per-item data.
+    """Runs a task inside a worker; exceptions of single items become per-item data.
+
+    Either `fn(payload)` is called for each item, or `batch_fn(task_id, payloads)` once for
+    the whole task (a job that writes one shard per task, or fetches its items concurrently);
+    it returns one result per item, made with `ok`, `filtered` and `failed`.  Task ids are
+    unique within a job folder, across runs, so they can name shards.
 
     `initializer(*initargs)` runs once per worker process before its first task (load a model,
     open a resource).  With `status` (a shared array of doubles) the runner publishes which
     item it is on and since when, so the driver can enforce deadlines and name the item that
-    killed a worker.
+    killed a worker (a batch publishes -1: the item is not known).
     """
 
-    def __init__(self, fn: Callable[[Any], Any], initializer: Callable[..., Any] | None = None,
-                 initargs: Sequence[Any] = ()):
+    def __init__(self, fn: Callable[[Any], Any] | None = None,
+                 initializer: Callable[..., Any] | None = None, initargs: Sequence[Any] = (),
+                 *, batch_fn: Callable[[int, list], list] | None = None):
+        if (fn is None) == (batch_fn is None):
+            raise ValueError("give either fn or batch_fn")
         self.fn = fn
+        self.batch_fn = batch_fn
         self.initializer = initializer
         self.initargs = tuple(initargs)
 
@@ -98,7 +107,10 @@ class TaskRunner:
         if self.initializer is not None:
             self.initializer(*self.initargs)
 
-    def run(self, payloads: Sequence[Any], status: Any = None, base: int = 0) -> list:
+    def run(self, payloads: Sequence[Any], status: Any = None, base: int = 0,
+            task_id: int = 0) -> list:
+        if self.batch_fn is not None:
+            return self._run_batch(list(payloads), status, base, task_id)
         fn = self.fn
         out = []
         append = out.append
@@ -114,6 +126,33 @@ class TaskRunner:
             except Exception as exc:  # noqa: BLE001 - every item failure is data
                 append((FAILED, None, error_info(exc)))
         return out
+
+    def _run_batch(self, payloads: list, status: Any, base: int, task_id: int) -> list:
+        if status is not None:
+            status[base + 1] = -1
+            status[base + 2] = time.monotonic()
+        try:
+            results = list(self.batch_fn(task_id, payloads))
+            if len(results) != len(payloads):
+                raise RuntimeError(f"batch function returned {len(results)} results for "
+                                   f"{len(payloads)} items")
+            return results
+        except Exception as exc:  # noqa: BLE001 - the whole task failed: every item says why
+            return [(FAILED, None, error_info(exc))] * len(payloads)
+
+
+def ok(value: Any) -> tuple:
+    """A batch function's result for an item that succeeded with `value`."""
+    return (OK, value, None)
+
+
+def filtered(reason: str, message: str = "") -> tuple:
+    return (FILTERED, reason, message or reason)
+
+
+def failed(error_class: str, message: str, *, retryable: bool = False, type_: str = "",
+           traceback: str = "") -> tuple:
+    return (FAILED, None, ErrorInfo(error_class, type_ or error_class, message, traceback, retryable))
 
 
 def picklable_results(results: list, dumps: Callable[[Any], bytes]) -> list:
