@@ -124,7 +124,8 @@ def make_video(
     clockwise rotation a player must apply to show it upright: the display matrix says so,
     and the pattern is readable only after that rotation.  `gop`/`bframes` force the
     keyframe interval and B-frames; `vfr` gives irregular frame durations (30, 50, 40 ms
-    repeating, in a 1/1000 time base); `audio` adds a 440 Hz AAC track of the same length;
+    repeating, in a 1/1000 time base); `audio` adds a 440 Hz track of the same length
+    (AAC; Opus in webm);
     `pattern` is "moving" (the default) or "static" (every frame shows frame 0's
     picture, to test encoders' best case).  mp4 files are written with the index first
     (`faststart`) so a truncated copy stays partly readable, as camera files do.
@@ -149,7 +150,8 @@ def make_video(
             stream.set_display_rotation(-rotation)
         audio_stream = None
         if audio:
-            audio_stream = out.add_stream("aac", rate=48000, layout="mono")
+            audio_codec = "libopus" if path.suffix.lower() in (".webm", ".ogg") else "aac"
+            audio_stream = out.add_stream(audio_codec, rate=48000, layout="mono")
         vfr_steps = (30, 50, 40)
         pts = 0
         for number in range(frames):
@@ -170,7 +172,7 @@ def make_video(
 def _write_tone(out: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
     rate = stream.codec_context.sample_rate
     total = int(round(seconds * rate))
-    chunk = 1024
+    chunk = 960 if stream.codec_context.name in ("libopus", "opus") else 1024
     for start in range(0, total, chunk):
         n = min(chunk, total - start)
         t = (np.arange(start, start + n) / rate).astype(np.float32)

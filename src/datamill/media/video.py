@@ -256,7 +256,10 @@ class ClipTask:
     Decoding starts at keyframe `seek_frame` (timestamp `seek_pts`), at or before the first
     clip.  Frame indexes count source frames, or, when `fps` is set, frames of the video
     resampled to `fps` (an FFmpeg ``fps`` filter whose frame 0 is the source frame with
-    timestamp `start_pts`, which `plan_clip_tasks` fills in from the probe).
+    timestamp `start_pts`, which `plan_clip_tasks` fills in from the probe).  `keyframes`
+    lists (index, pts) of the keyframes from `seek_frame` to the first one at or after the
+    task's end: codec "copy" uses them to number keyframes (counting packets would miscount
+    open GOPs, whose leading frames follow their keyframe in decode order).
     """
 
     clips: tuple[ClipSpec, ...]
@@ -264,6 +267,7 @@ class ClipTask:
     seek_pts: int
     start_pts: int | None = None  # None: the video stream's start time
     fps: Fraction | None = None
+    keyframes: tuple[tuple[int, int], ...] = ()
 
     @property
     def end_frame(self) -> int:
@@ -339,7 +343,10 @@ def plan_clip_tasks(
 
     def close_group() -> None:
         seek_frame, seek_pts = seek_for(group[0].start_frame)
-        tasks.append(ClipTask(tuple(group), seek_frame, seek_pts, info.start_pts, rate))
+        first = bisect_left(key_index, seek_frame)
+        last = bisect_left(key_index, max(clip.end_frame for clip in group)) + 1
+        keyframes = tuple(zip(key_index[first:last], key_pts[first:last]))
+        tasks.append(ClipTask(tuple(group), seek_frame, seek_pts, info.start_pts, rate, keyframes))
 
     for clip in clips:
         if group:
@@ -511,28 +518,37 @@ class _AudioBuffer:
 
 
 class _AudioTrack:
-    """An AAC track in an output file, fed float planar samples in order."""
+    """The audio track of an output file (AAC; Opus in webm/ogg), fed float planar samples
+    at the source's rate and layout, in order."""
 
     def __init__(self, out: av.container.OutputContainer, rate: int, layout: str):
-        self.stream = out.add_stream("aac", rate=rate, layout=layout)
-        self.rate, self.layout = rate, layout
-        self._out = out
-        self._pending = np.zeros((len(av.AudioLayout(layout).channels), 0), dtype=np.float32)
-        self._pts = 0
+        opus = out.format.name in ("webm", "ogg")
+        self.stream = out.add_stream("libopus" if opus else "aac", rate=48000 if opus else rate, layout=layout)
+        context = self.stream.codec_context
+        self._resampler = av.AudioResampler(
+            format=context.format.name, layout=layout, rate=context.sample_rate, frame_size=960 if opus else 1024
+        )
+        self._out, self._rate, self._layout = out, rate, layout
+        self._written = 0  # source samples in
+        self._pts = 0  # encoded samples out
 
-    def write(self, samples: np.ndarray, final: bool = False) -> None:
-        self._pending = np.concatenate([self._pending, samples], axis=1) if self._pending.size else samples
-        size = self.stream.codec_context.frame_size or 1024
-        while self._pending.shape[1] >= size or (final and self._pending.shape[1]):
-            chunk, self._pending = self._pending[:, :size], self._pending[:, size:]
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=self.layout)
-            frame.sample_rate, frame.pts, frame.time_base = self.rate, self._pts, Fraction(1, self.rate)
-            self._pts += chunk.shape[1]
-            self._out.mux(self.stream.encode(frame))
+    def write(self, samples: np.ndarray) -> None:
+        if not samples.shape[1]:
+            return
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=self._layout)
+        frame.sample_rate, frame.pts, frame.time_base = self._rate, self._written, Fraction(1, self._rate)
+        self._written += samples.shape[1]
+        self._encode(self._resampler.resample(frame))
 
     def close(self) -> None:
-        self.write(np.zeros((self._pending.shape[0], 0), dtype=np.float32), final=True)
+        self._encode(self._resampler.resample(None))
         self._out.mux(self.stream.encode(None))
+
+    def _encode(self, frames: list[av.AudioFrame]) -> None:
+        for frame in frames:
+            frame.pts, frame.time_base = self._pts, Fraction(1, frame.sample_rate)
+            self._pts += frame.samples
+            self._out.mux(self.stream.encode(frame))
 
 
 class _ClipWriter:
@@ -832,6 +848,11 @@ class _SeekMissed(Exception):
     """Seeking landed after the wanted keyframe (imprecise seeking, e.g. in MPEG-TS)."""
 
 
+# Seek this many seconds before the task's keyframe when seeking to it lands after it (formats
+# without an index seek by bisecting timestamps); None: read from the start of the file.
+_SEEK_BACK_S = (0.0, 3.0, 20.0, None)
+
+
 @dataclass(frozen=True)
 class _OutputPlan:
     """How every clip of a task is written."""
@@ -912,10 +933,12 @@ def cut_clips(
         raise ValueError(f"mp4 sizes must be even (yuv420p), not {size[0]}x{size[1]}; see output_size()")
     plan = _OutputPlan(fmt, codec, settings, size, rotation, interpolation, jpeg_quality, threads, audio == "keep")
     kind = _CopyPass if codec == "copy" else _DecodePass
-    try:
-        return kind(path, task, out_paths, plan, seek=True).run()
-    except _SeekMissed:
-        return kind(path, task, out_paths, plan, seek=False).run()
+    for seek_back in _SEEK_BACK_S:
+        try:
+            return kind(path, task, out_paths, plan, seek_back).run()
+        except _SeekMissed:
+            continue
+    raise AssertionError("reading from the start cannot miss the seek point")
 
 
 class _Pass:
@@ -926,8 +949,17 @@ class _Pass:
     window and re-encoded into each clip that overlaps it.
     """
 
-    def __init__(self, path: PathLike, task: ClipTask, out_paths: Callable[[ClipSpec], PathLike], plan: _OutputPlan, seek: bool):
-        self.path, self.task, self.out_paths, self.plan, self.seek = path, task, out_paths, plan, seek
+    def __init__(
+        self,
+        path: PathLike,
+        task: ClipTask,
+        out_paths: Callable[[ClipSpec], PathLike],
+        plan: _OutputPlan,
+        seek_back: float | None,
+    ):
+        self.path, self.task, self.out_paths, self.plan = path, task, out_paths, plan
+        self.seek_back = seek_back  # seconds before the keyframe to seek to; None: no seek
+        self._at_seek_keyframe = False
         self.pending: deque[ClipSpec] = deque(sorted(task.clips, key=lambda clip: clip.start_frame))
         self.active: list[_ClipWriter] = []  # receiving video
         self.closing: list[_ClipWriter] = []  # video complete, waiting for the rest of their audio
@@ -954,12 +986,17 @@ class _Pass:
                     streams.append(audio_stream)
                     context = audio_stream.codec_context
                     self.audio_buffer = _AudioBuffer(context.sample_rate, context.layout.name)
-                seeked = self.seek and self.task.seek_frame > 0
+                seek_time = float((self.task.seek_pts - self.task.start_pts) * self.time_base)
+                self.video_sample = self._sample(seek_time)  # no clip needs audio before this
+                seeked = self.seek_back is not None and self.task.seek_frame > 0
                 if seeked:
+                    assert self.seek_back is not None
+                    target = self.task.seek_pts - math.ceil(self.seek_back / self.time_base)
                     try:
-                        container.seek(self.task.seek_pts, stream=self.stream, backward=True, any_frame=False)
+                        container.seek(target, stream=self.stream, backward=True, any_frame=False)
                     except av.error.FFmpegError as exc:
                         raise VideoError(f"cannot seek to frame {self.task.seek_frame}: {exc}", "decode_error") from exc
+                self._at_seek_keyframe = not seeked
                 self._read(container, streams, seeked)
         finally:
             for writer in self.active + self.closing:  # only left on an exception
@@ -968,6 +1005,22 @@ class _Pass:
 
     def _read(self, container: av.container.InputContainer, streams: list[av.stream.Stream], seeked: bool) -> None:
         raise NotImplementedError
+
+    def _check_seek(self, packet: av.Packet) -> None:
+        """Raise _SeekMissed if, after seeking, video comes from past the task's keyframe.
+
+        Every packet before a keyframe in decode order is shown before it, so a packet
+        later than the keyframe seen before the keyframe itself means we started too late.
+        """
+        if self._at_seek_keyframe:
+            return
+        ts = packet.pts if packet.pts is not None else packet.dts
+        if ts is None or packet.size == 0:
+            return
+        if packet.is_keyframe and ts == self.task.seek_pts:
+            self._at_seek_keyframe = True
+        elif ts > self.task.seek_pts:
+            raise _SeekMissed()
 
     def _sample(self, time: float) -> int:
         """The source audio sample at `time` seconds from the start of the video."""
@@ -1093,6 +1146,7 @@ class _DecodePass(_Pass):
                     if not self._wanted(packet):
                         break
                     continue
+                self._check_seek(packet)
                 if packet.is_corrupt:  # e.g. the last, cut-off packet of a truncated file
                     damaged = f"damaged packet at {float((packet.pts or 0) * self.time_base):.3f} s"
                 for frame in self.stream.decode(packet):
@@ -1202,7 +1256,10 @@ class _CopyPass(_Pass):
     """Remux whole GOPs: clips start on keyframes, no video decoding."""
 
     def _read(self, container: av.container.InputContainer, streams: list[av.stream.Stream], seeked: bool) -> None:
-        count: int | None = None if seeked else 0  # presentation index of the next packet
+        # Keyframes are numbered from the plan; failing that (a hand-made task), by counting
+        # packets, which is right for closed GOPs.
+        keyframe_index = {pts: index for index, pts in self.task.keyframes}
+        count: int | None = None if seeked else 0  # index of the next packet, by counting
         max_end = 0  # pts + duration of the furthest packet so far
         error: str | None = None
         try:
@@ -1216,24 +1273,22 @@ class _CopyPass(_Pass):
                     if not self._wanted(packet):
                         break
                     continue
+                self._check_seek(packet)
+                if not self._at_seek_keyframe:
+                    continue
                 ts = packet.pts if packet.pts is not None else packet.dts
-                if count is None:  # after a seek: start counting at our keyframe
-                    if ts is None or not packet.is_keyframe or ts < self.task.seek_pts:
-                        continue
-                    if ts != self.task.seek_pts:
-                        raise _SeekMissed()
+                if count is None:
                     count = self.task.seek_frame
                 if ts is None:
                     ts = max_end
-                # In a closed GOP every frame before a keyframe in decode order is also
-                # before it in presentation order, so counting packets gives its index.
+                if packet.is_keyframe:
+                    count = keyframe_index.get(ts, count)
                 index = count
                 count += 1
                 time = float((ts - self.task.start_pts) * self.time_base)
                 if packet.is_keyframe:
                     for writer in list(self.active):
                         if writer.spec.end_frame <= index:
-                            writer.end_time = time
                             self._video_finished(writer)
                     while self.pending and self.pending[0].start_frame <= index:
                         clip = self.pending.popleft()
@@ -1245,6 +1300,8 @@ class _CopyPass(_Pass):
                 max_end = max(max_end, ts + duration)
                 self.video_sample = self._sample(time)
                 for writer in list(self.active):
+                    if time < writer.start_time:  # a leading frame of an open GOP: needs the GOP before
+                        continue
                     writer.record(index, time, float(duration * self.time_base))
                     writer.audio_limit = max(writer.audio_limit, self._sample(time))
                     if packet.is_corrupt:
