@@ -445,3 +445,21 @@ def test_cut_copy_open_gop_and_webm_audio(videos: Path, tmp_path: Path) -> None:
     with av.open(results[1].path) as container:
         assert container.streams.audio[0].codec_context.name == "opus"
         assert sum(f.samples for f in container.decode(audio=0)) / 48000 == pytest.approx(0.8, abs=0.03)
+
+
+def test_non_square_pixels_are_stretched_to_display_size(tmp_path: Path) -> None:
+    source = tmp_path / "anamorphic.mp4"
+    with av.open(str(source), "w") as out:  # 160x120 coded, pixels twice as wide as tall
+        stream = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(np.full((120, 160, 3), 40 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    info = probe_video(source)
+    assert (info.width, info.height, info.display_width, info.display_height) == (160, 120, 320, 120)
+    [result] = cut_clips(source, plan_clip_tasks(info, frames=4)[0], out_paths=lambda s: tmp_path / "out.mp4")
+    assert (result.width, result.height) == (320, 120)
+    assert {(f.width, f.height) for f in decode(result.path)} == {(320, 120)}

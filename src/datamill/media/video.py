@@ -96,9 +96,10 @@ class VideoInfo:
 
     Frame indexes are in presentation order, 0 = the frame with the smallest timestamp.
     `keyframes` holds the indexes of keyframes and `keyframe_pts` their timestamps (in
-    `time_base`); all other per-frame data is deliberately not kept.  `rotation` is the
-    clockwise rotation (0/90/180/270) that shows the video upright, and `display_width` x
-    `display_height` the size after it.  `declared_frames` is the frame count the container
+    `time_base`); all other per-frame data is deliberately not kept.  `width` x `height` is
+    the coded size; `rotation` is the clockwise rotation (0/90/180/270) that shows the
+    video upright, and `display_width` x `display_height` the size as shown (pixels of a
+    non-square sample aspect ratio stretched, then rotated).  `declared_frames` is the frame count the container
     header claims (0 if it does not say); fewer demuxed frames mean a truncated file.
     """
 
@@ -140,6 +141,14 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 
 def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream | None:
     return container.streams.audio[0] if container.streams.audio else None
+
+
+def _display_size(width: int, height: int, sample_aspect: Fraction | None, rotation: int) -> tuple[int, int]:
+    """Width x height as shown: non-square pixels stretched (width scaled by the sample
+    aspect ratio), then turned by `rotation`."""
+    if sample_aspect and sample_aspect > 0 and sample_aspect != 1:
+        width = max(1, math.floor(width * sample_aspect + Fraction(1, 2)))
+    return (height, width) if rotation in (90, 270) else (width, height)
 
 
 def _clockwise(frame_rotation: int | float) -> int:
@@ -203,7 +212,7 @@ def probe_video(path: PathLike) -> VideoInfo:
             last_duration = (ordered[-1] - start) / (count - 1) if count > 1 else float(1 / (fps * time_base))
         keyframe_pts = tuple(sorted(set(keyframe_ts)))
         width, height = stream.codec_context.width, stream.codec_context.height
-        display = (height, width) if rotation in (90, 270) else (width, height)
+        display = _display_size(width, height, stream.sample_aspect_ratio, rotation)
         return VideoInfo(
             width=width,
             height=height,
@@ -889,18 +898,21 @@ def cut_clips(
 
     `out_paths(clip)` names each output: a file for "mp4" and "npy" (uint8 T x H x W x 3,
     RGB), a folder of ``frame_000000.jpg``... for "frames".  `size` is the output
-    (width, height) in display orientation, even for "mp4" (see `output_size`); None keeps
-    the display size, rounded down to even (the result's `message` says so).  `rotation`
-    (clockwise degrees) defaults to the file's display matrix; 0 keeps the coded
-    orientation.  `codec` is one of `CODECS` (see `encoder_settings` for `crf`, `preset`).
-    "copy" remuxes packets without decoding: each clip then starts at the first keyframe
-    at or after its nominal start and runs to the first keyframe at or after its nominal
-    end (the next clip's start, with stride = frames) or the end of the video; results give
-    the real first frame and frame count; a clip with no keyframe in its range has status
-    "filtered" with error class ``no_keyframe`` (its frames are in the clip before it).  `audio="keep"` (mp4 only) puts the source audio of
-    each clip's time span into it, as AAC.  `threads` goes to the decoder, the scaler and
-    the encoders (0: FFmpeg decides).  `fps` resamples like FFmpeg's fps filter; it must be
-    the rate the task was planned with, and defaults to the task's own `fps`.
+    (width, height) as displayed, even for "mp4" (see `output_size`); None keeps the
+    display size (see `VideoInfo`), rounded down to even (the result's `message` says so).
+    Outputs have square pixels.  `rotation` (clockwise degrees) defaults to the file's
+    display matrix; 0 keeps the coded orientation.  `fps` resamples like FFmpeg's fps
+    filter; it must be the rate the task was planned with (default: the task's `fps`).
+
+    `codec` is one of `CODECS` (see `encoder_settings` for `crf` and `preset`).  "copy"
+    remuxes packets without decoding: each clip then starts at the first keyframe at or
+    after its nominal start and runs to the first keyframe at or after its nominal end (the
+    next clip's start, with stride = frames) or the end of the video; results give the real
+    first frame and frame count; a clip with no keyframe in its range has status "filtered"
+    and error class ``no_keyframe`` (its frames are in the clip before it).
+    `audio="keep"` (mp4 only) puts the source audio of each clip's time span into it (AAC;
+    Opus in webm).  `threads` goes to the decoder, the scaler and the encoders (0: FFmpeg
+    decides; give 1 when every core already runs a worker).
 
     A decode error part way fails the clips it touches and those after it; clips finished
     before it are kept.  Raises `VideoError` only when nothing could be done (the file
@@ -1212,7 +1224,7 @@ class _DecodePass(_Pass):
     def _transform(self, frame: av.VideoFrame) -> av.VideoFrame:
         if self.transform is None:
             rotation = _clockwise(frame.rotation) if self.plan.rotation is None else self.plan.rotation
-            upright = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
+            upright = _display_size(frame.width, frame.height, self.stream.sample_aspect_ratio, rotation)
             if self.plan.size is not None:
                 size = self.plan.size
             else:
