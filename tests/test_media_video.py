@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from datamill.engine.atomic import TMP_MARK
 from datamill.media.synthetic import (
@@ -364,7 +365,7 @@ def test_cut_frames_and_npy_formats(gop10: Path, tmp_path: Path) -> None:
     for result in folders:
         names = sorted(os.listdir(result.path))
         assert names == [f"frame_{i:06d}.jpg" for i in range(result.frame_count)]
-        first = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(Path(result.path) / names[0]).convert("RGB"))
+        first = np.asarray(Image.open(Path(result.path) / names[0]).convert("RGB"))
         assert first.shape == (60, 80, 3) and read_frame_number(first) == result.first_frame
     arrays = cut_all(gop10, tasks, tmp_path / "npy", ext=".npy", fmt="npy", size=(80, 60))
     for result in arrays:
@@ -399,8 +400,7 @@ def test_cut_other_codecs(videos: Path, tmp_path: Path, codec: str, decoder: str
     for k, result in enumerate(results):
         assert numbers(result.path) == list(range(8 * k, 8 * k + 8))
         with av.open(result.path) as container:
-            assert container.streams.video[0].codec_context.codec.name.startswith(("lib" + decoder, decoder)) or \
-                container.streams.video[0].codec_context.name in (decoder, "libdav1d")
+            assert container.streams.video[0].codec_context.codec.name in (decoder, "libdav1d")
 
 
 def test_cut_encoder_failure_is_a_failed_clip(gop10: Path, tmp_path: Path) -> None:
