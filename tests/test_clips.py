@@ -228,3 +228,12 @@ def test_changing_the_clip_length_needs_overwrite(tmp_path):
     with pytest.raises(datamill.UsageError, match="frames: 10 -> 12"):
         datamill.clips(src, dst, frames=12, quiet=True)
     assert datamill.clips(src, dst, frames=12, quiet=True, overwrite=True).exit_code == 0
+
+
+def test_a_planned_task_survives_the_ledger_unchanged():
+    from datamill.jobs.clips import task_from_json, task_to_json
+    from datamill.media.video import ClipSpec, ClipTask
+    from fractions import Fraction
+    task = ClipTask(clips=(ClipSpec(3, 96, 32), ClipSpec(4, 128, 32)), seek_frame=90, seek_pts=4500,
+                    start_pts=-1024, fps=Fraction(30000, 1001), keyframes=((90, 4500), (120, 6000)))
+    assert task_from_json(json.loads(json.dumps(task_to_json(task)))) == task

@@ -115,10 +115,7 @@ def clips_worker(opts: ClipOptions, dst: str, payload: tuple) -> list[dict]:
         return plan_video(opts, payload[1])
     _, path, rel, task, geometry = payload
     folder, prefix = clip_paths(Path(dst), rel, opts, Path(path).suffix)
-    clip_task = ClipTask(clips=tuple(ClipSpec(*c) for c in task["clips"]),
-                         seek_frame=task["seek_frame"], seek_pts=task["seek_pts"],
-                         start_pts=task["start_pts"],
-                         fps=Fraction(task["fps"]) if task["fps"] else None)
+    clip_task = task_from_json(task)
     results = cut_clips(
         path, clip_task,
         out_paths=lambda spec: clip_output(folder, prefix, spec.index, opts, Path(path).suffix),
@@ -146,9 +143,22 @@ def plan_video(opts: ClipOptions, path: str) -> list[dict]:
         raise VideoError(f"{info.frame_count} frames: shorter than one clip of {opts.frames} "
                          "and --drop-last is set", error_class="too_short")
     geometry = {"size": size, "note": note}
-    return [{"clips": [dataclasses.astuple(c) for c in t.clips], "seek_frame": t.seek_frame,
-             "seek_pts": t.seek_pts, "start_pts": t.start_pts,
-             "fps": str(t.fps) if t.fps else None, "geometry": geometry} for t in tasks]
+    return [{**task_to_json(t), "geometry": geometry} for t in tasks]
+
+
+def task_to_json(task: ClipTask) -> dict:
+    """A ClipTask as JSON (the ledger keeps plans, so a rerun needs no new probe)."""
+    return {"clips": [dataclasses.astuple(c) for c in task.clips], "seek_frame": task.seek_frame,
+            "seek_pts": task.seek_pts, "start_pts": task.start_pts,
+            "fps": str(task.fps) if task.fps is not None else None,
+            "keyframes": [list(k) for k in task.keyframes]}
+
+
+def task_from_json(d: dict) -> ClipTask:
+    return ClipTask(clips=tuple(ClipSpec(*c) for c in d["clips"]), seek_frame=d["seek_frame"],
+                    seek_pts=d["seek_pts"], start_pts=d["start_pts"],
+                    fps=Fraction(d["fps"]) if d["fps"] is not None else None,
+                    keyframes=tuple(tuple(k) for k in d["keyframes"]))
 
 
 class ClipsJob(Job):
