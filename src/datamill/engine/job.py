@@ -72,6 +72,13 @@ class Job(ABC):
                     str(r.get("message") or r.get("reason")) for r in bad[:5])
         return OK, None, None
 
+    def prepare(self, ledger: Any) -> None:
+        """Called before the run starts (e.g. remove outputs a killed run left unrecorded)."""
+
+    def task_timeout(self, item_timeout: float | None) -> float | None:
+        """The deadline the engine enforces per item (per task for a batch runner)."""
+        return item_timeout
+
     def finish(self, ledger: Any, quiet: bool) -> None:
         """A global phase after the per-item work (dedup's grouping); none by default."""
 

@@ -155,13 +155,15 @@ class _Run:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> RunReport:
         run_id = self.ledger.begin_run(self.opts.argv or sys.argv)
+        self.job.prepare(self.ledger)
         started = time.time()
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
         executor = get_executor(self.opts.executor, self.opts.workers,
                                 **({"address": self.opts.ray_address} if self.opts.ray_address else {}))
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
-                               retries=self.opts.retries, timeout=self.opts.timeout,
+                               retries=self.opts.retries,
+                               timeout=self.job.task_timeout(self.opts.timeout),
                                batch_size=self.job.batch_size,
                                first_task_id=self.ledger.next_task_id)
         status, message = "completed", ""
