@@ -1,0 +1,551 @@
+"""Job `clips`: datamill.clips against the seed's OpenCV script and a PyAV decode-only ceiling,
+on generated 1080p H.264 (x264, B-frames, long GOPs), cut into 64-frame clips at 565x320.
+
+    .venv/bin/python bench/clips.py [--quick] [--repeat N] [--workdir bench/_data]
+
+Every method runs in a fresh Python process (so no method inherits another's memory), its
+time measured inside that process from starting its workers to the last output written.
+Rates are source frames per second; every figure is the median of N runs (default 3),
+interleaved, measured in this run, so the ratios compare like with like.  On a shared machine,
+each run first waits (a little) for other work to go quiet, the CPU that other processes
+took during each run is reported, and so is each method's own CPU time per source frame
+(user + system of all its processes), which other work disturbs least.
+
+- baseline: the seed's script written plainly: per video cv2.VideoCapture -> cv2.resize
+  INTER_AREA -> cv2.VideoWriter mp4v, 64-frame clips, a multiprocessing.Pool(2) over files.
+- ceiling: PyAV decode only (codec threads on), a Pool(2) over files.  A single long video
+  gives it one process (decoding with frame threads).
+- datamill: datamill.clips(..., workers=2) with the default codec; `--codec copy` on the long
+  video.
+
+Quality: each method's clips are decoded (every 8th frame of the first 2 short videos, every
+16th frame of the long one) and compared, at the same source frame index, with the source
+frame resized by cv2.resize INTER_AREA to the clip's actual size (mean PSNR over RGB).
+"frames exact" reads the frame number drawn into every synthetic frame back from the clip.
+
+Peak RSS per worker: a thread of each method's process polls (psutil, every 0.1 s) the RSS of
+all its descendant processes, and takes the larger of that and getrusage(RUSAGE_CHILDREN)
+.ru_maxrss (which also catches peaks between polls).  RSS counts pages shared with the parent
+after fork, so it is an upper bound of what a worker costs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from _common import machine, median, peak_rss_mb, ratio, run_child, table
+
+WORKERS = 2
+CLIP_FRAMES = 64
+SIZE = (565, 320)
+
+# Corpus: x264 with B-frames and a long GOP, as cameras and the web produce.
+ENCODING = {"fps": 30, "codec": "libx264", "gop": 250, "bframes": 3}
+CORPORA = {
+    False: {"size": (1920, 1080), "short": 6, "short_frames": 300, "long_frames": 1800},
+    True: {"size": (960, 540), "short": 3, "short_frames": 128, "long_frames": 512},
+}
+PSNR_EVERY = {"short": 8, "long": 16}
+PSNR_VIDEOS = 2  # short videos compared
+QUIET_WAIT = (120.0, 20.0)  # seconds: in all, before one run (waiting for other work to stop)
+
+
+# -- corpus ----------------------------------------------------------------------------------
+def _make_one(job: tuple[str, int, tuple[int, int]]) -> str:
+    from datamill.media.synthetic import make_video
+    path, frames, size = job
+    tmp = Path(path).with_name(".tmp-" + Path(path).name)
+    make_video(tmp, frames, size=size, pattern="moving", **ENCODING)
+    os.replace(tmp, path)
+    return path
+
+
+def corpus(workdir: Path, quick: bool) -> dict:
+    """Generate the corpus once (cached in workdir); return its description."""
+    spec = CORPORA[quick]
+    root = workdir / f"clips-corpus-{'quick' if quick else 'full'}"
+    marker = root / "corpus.json"
+    wanted = {**spec, **ENCODING, "size": list(spec["size"])}
+    short, long_ = root / "short", root / "long"
+    # A small tree mixed with other files, as the seed's.
+    shorts = [short / f"day{1 + i * 2 // spec['short']}" / f"cam{i:02d}.mp4" for i in range(spec["short"])]
+    long_path = long_ / "long.mp4"
+    if not (marker.exists() and json.loads(marker.read_text()) == wanted
+            and all(p.exists() for p in [*shorts, long_path])):
+        shutil.rmtree(root, ignore_errors=True)
+        for p in [*shorts, long_path]:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        (short / "notes.txt").write_text("not a video\n")
+        jobs = [(str(long_path), spec["long_frames"], spec["size"])]
+        jobs += [(str(p), spec["short_frames"], spec["size"]) for p in shorts]
+        print(f"generating the corpus in {root} (once) ...", flush=True)
+        start = time.perf_counter()
+        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+            for _ in pool.imap_unordered(_make_one, jobs):
+                pass
+        marker.write_text(json.dumps(wanted))
+        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+    return {
+        "short": {"src": short, "videos": sorted(shorts), "frames": spec["short"] * spec["short_frames"]},
+        "long": {"src": long_, "videos": [long_path], "frames": spec["long_frames"]},
+        "spec": spec,
+    }
+
+
+# -- baseline: the seed's script, written plainly --------------------------------------------
+def get_video_files(path):
+    video_files = []
+    for filename in os.listdir(path):
+        filepath = os.path.join(path, filename)
+        if os.path.isfile(filepath) and (filename.endswith(".mp4") or filename.endswith(".avi")):
+            video_files.append(filepath)
+        elif os.path.isdir(filepath):
+            video_files += get_video_files(filepath)
+    return video_files
+
+
+def video_snipping_multiprocess(input, frame=CLIP_FRAMES, resize=SIZE):
+    import cv2
+    video_file, output_dir = input
+    os.makedirs(output_dir, exist_ok=True)
+    cap = cv2.VideoCapture(video_file)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    total_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    num_segments = (total_frames + frame - 1) // frame
+    for i in range(num_segments):
+        frames = []
+        for _ in range(frame):
+            ret, img = cap.read()
+            if not ret:
+                break
+            if resize:
+                img = cv2.resize(img, resize, interpolation=cv2.INTER_AREA)
+            frames.append(img)
+        if not frames:  # the seed would crash here (frames[0]) when the count is over
+            break
+        segment_name = os.path.splitext(os.path.basename(video_file))[0] + f"_{i + 1}.mp4"
+        height, width, _ = frames[0].shape
+        if resize:
+            width, height = resize
+        writer = cv2.VideoWriter(os.path.join(output_dir, segment_name),
+                                 cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        for img in frames:
+            writer.write(img)
+        writer.release()
+    cap.release()
+
+
+def run_baseline(src: str, dst: str) -> dict:
+    import cv2  # noqa: F401  (imported before the pool forks, as the seed's script does)
+    files = get_video_files(src)
+    ds = [(f, os.path.splitext(f.replace(src, dst, 1))[0]) for f in files]
+    with multiprocessing.Pool(processes=WORKERS) as pool:
+        for _ in pool.imap_unordered(video_snipping_multiprocess, ds):
+            pass
+    return {"videos": len(files)}
+
+
+# -- ceiling: PyAV decode only ---------------------------------------------------------------
+def decode_only(path: str) -> int:
+    import av
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+
+
+def run_ceiling(src: str, dst: str) -> dict:
+    import av  # noqa: F401
+    files = get_video_files(src)
+    with multiprocessing.Pool(processes=WORKERS) as pool:
+        frames = sum(pool.imap_unordered(decode_only, files))
+    return {"videos": len(files), "decoded_frames": frames}
+
+
+# -- datamill --------------------------------------------------------------------------------
+def run_datamill(src: str, dst: str, codec: str | None = None) -> dict:
+    import datamill
+    import datamill.jobs.clips  # noqa: F401  (imported before timing, like the others' imports)
+    kwargs = {"codec": codec} if codec else {}
+    size = None if codec == "copy" else SIZE
+    start = time.perf_counter()
+    report = datamill.clips(src, dst, frames=CLIP_FRAMES, size=size, workers=WORKERS,
+                            quiet=True, **kwargs)
+    seconds = time.perf_counter() - start
+    if report.counts.get("failed"):
+        raise RuntimeError(f"datamill.clips: {report.counts} {report.message}")
+    return {"counts": report.counts, "seconds_inner": seconds}
+
+
+METHODS = {
+    "baseline": run_baseline,
+    "ceiling": run_ceiling,
+    "datamill": run_datamill,
+    "datamill-copy": lambda src, dst: run_datamill(src, dst, codec="copy"),
+}
+
+
+def child(method: str, src: str, dst: str) -> None:
+    """Runs in a fresh process: run one method once; print JSON (seconds, peak RSS)."""
+    import psutil
+    if method.startswith("datamill"):
+        import datamill.jobs.clips  # noqa: F401  (import errors surface here, untimed)
+    me = psutil.Process()
+    peaks: dict[int, float] = {}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.wait(0.1):
+            for p in me.children(recursive=True):
+                try:
+                    peaks[p.pid] = max(peaks.get(p.pid, 0.0), p.memory_info().rss / 2**20)
+                except psutil.Error:
+                    pass
+
+    def busy_cpu() -> float:  # CPU seconds the whole machine has spent busy
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    def our_cpu() -> float:  # this process and its finished (waited-for) children
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    shutil.rmtree(dst, ignore_errors=True)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    machine0, ours0 = busy_cpu(), our_cpu()
+    start = time.perf_counter()
+    info = METHODS[method](src, dst)
+    seconds = time.perf_counter() - start
+    done.set()
+    poller.join()
+    ours = our_cpu() - ours0
+    others = max(0.0, busy_cpu() - machine0 - ours)
+    worker_mb = max([*peaks.values(), peak_rss_mb(children=True)])
+    print(json.dumps({"seconds": seconds, "cpu_seconds": ours, "others_cores": others / seconds,
+                      "worker_mb": worker_mb, "driver_mb": peak_rss_mb(), **info}), flush=True)
+
+
+def wait_until_quiet(max_wait: float, threshold: float = 15.0) -> float:
+    """Wait (at most `max_wait` s) until other work uses < `threshold`% of the machine's CPU
+    for a second; return the seconds waited."""
+    import psutil
+    start = time.monotonic()
+    while psutil.cpu_percent(interval=1.0) >= threshold and time.monotonic() - start < max_wait:
+        pass
+    return time.monotonic() - start
+
+
+# -- outputs and quality ---------------------------------------------------------------------
+def clip_list(method: str, src: Path, dst: Path) -> dict[Path, list[tuple[int, Path]]]:
+    """{source video: [(first source frame, clip path), ...] in order} for a method's output."""
+    out: dict[Path, list[tuple[int, Path]]] = {}
+    if method == "baseline":
+        for path in dst.rglob("*.mp4"):
+            stem, number = re.fullmatch(r"(.*)_(\d+)\.mp4", path.name).groups()
+            video = src / path.parent.relative_to(dst).parent / f"{stem}.mp4"
+            out.setdefault(video, []).append(((int(number) - 1) * CLIP_FRAMES, path))
+    else:
+        import pyarrow.parquet as pq
+        for row in pq.read_table(dst / "manifest.parquet").to_pylist():
+            if row["status"] != "ok":
+                continue
+            video = Path(row["source"])
+            video = video if video.is_absolute() else src / video
+            out.setdefault(video.resolve(), []).append((row["first_frame"], dst / row["path"]))
+    return {v.resolve(): sorted(c) for v, c in out.items()}
+
+
+def output_facts(dst: Path) -> dict:
+    import av
+    clips = sorted(p for p in dst.rglob("*.mp4") if "_datamill" not in p.parts)
+    frames = 0
+    for p in clips:
+        with av.open(str(p)) as c:
+            frames += c.streams.video[0].frames
+    size = None
+    if clips:
+        with av.open(str(clips[0])) as c:
+            s = c.streams.video[0]
+            size = (s.codec_context.width, s.codec_context.height, s.codec_context.name)
+    return {"clips": len(clips), "bytes": sum(p.stat().st_size for p in clips),
+            "frames": frames, "size": size}
+
+
+class SourceFrames:
+    """The source's RGB frames by index, decoded forward once (only requested ones converted)."""
+
+    def __init__(self, path: Path):
+        import av
+        self.container = av.open(str(path))
+        stream = self.container.streams.video[0]
+        stream.codec_context.thread_type = "AUTO"
+        self.frames = self.container.decode(stream)
+        self.index = -1
+
+    def get(self, index: int):
+        if index <= self.index:
+            raise ValueError(f"frames must be asked in order ({index} after {self.index})")
+        for frame in self.frames:
+            self.index += 1
+            if self.index == index:
+                return frame.to_ndarray(format="rgb24")
+        raise IndexError(f"source has no frame {index}")
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def psnr(a, b) -> float:
+    import numpy as np
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def compare(video: Path, clips: list[tuple[int, Path]], every: int) -> dict:
+    """PSNR of a video's clips against its resized source frames, every `every`-th frame.
+
+    Two references: the source resized (INTER_AREA) to the clip's actual size, and, when that
+    differs from the requested size, the source resized to the requested size then cropped to
+    the actual one (what OpenCV's writer does with 565 wide: it drops the last column).
+    """
+    import av
+    import cv2
+
+    from datamill.media.synthetic import read_frame_number
+    src = SourceFrames(video)
+    scores: dict[str, list[float]] = {"resize": [], "crop": []}
+    exact = checked = 0
+    try:
+        for first, path in clips:
+            with av.open(str(path)) as c:
+                for j, frame in enumerate(c.decode(video=0)):
+                    index = first + j
+                    if index % every:
+                        continue
+                    out = frame.to_ndarray(format="rgb24")
+                    ref = src.get(index)
+                    h, w = out.shape[:2]
+                    if (w, h) != (ref.shape[1], ref.shape[0]):
+                        scores["resize"].append(psnr(out, cv2.resize(ref, (w, h), interpolation=cv2.INTER_AREA)))
+                        if (w, h) != SIZE and w <= SIZE[0] and h <= SIZE[1]:
+                            wide = cv2.resize(ref, SIZE, interpolation=cv2.INTER_AREA)
+                            scores["crop"].append(psnr(out, wide[:h, :w]))
+                    else:
+                        scores["resize"].append(psnr(out, ref))
+                    checked += 1
+                    exact += read_frame_number(out) == index
+    finally:
+        src.close()
+    return {"scores": scores, "exact": exact, "checked": checked}
+
+
+def quality(method: str, corpus_part: dict, dst: Path, every: int) -> dict:
+    import numpy as np
+    lists = clip_list(method, corpus_part["src"], dst)
+    scores: dict[str, list[float]] = {"resize": [], "crop": []}
+    exact = checked = 0
+    for video in corpus_part["videos"][:PSNR_VIDEOS]:
+        r = compare(video, lists.get(video.resolve(), []), every)
+        for k in scores:
+            scores[k] += r["scores"][k]
+        exact += r["exact"]
+        checked += r["checked"]
+    means = {k: (float(np.mean(v)) if v else None) for k, v in scores.items()}
+    return {"psnr": means, "exact": exact, "checked": checked}
+
+
+def fmt_psnr(q: dict | None) -> tuple[str, float | None]:
+    """The PSNR cell (the better of the two references) and its value."""
+    if not q:
+        return "", None
+    values = {k: v for k, v in q["psnr"].items() if v is not None}
+    if not values:
+        return "", None
+    kind, best = max(values.items(), key=lambda kv: kv[1])
+    if best == float("inf"):
+        return "identical", best
+    return f"{best:.2f} dB" + (" (565 cropped)" if kind == "crop" else ""), best
+
+
+# -- the benchmark ---------------------------------------------------------------------------
+ROWS = [  # corpus part, method, label
+    ("short", "baseline", "baseline: seed script (OpenCV, mp4v), Pool(2)"),
+    ("short", "ceiling", "ceiling: PyAV decode only, Pool(2)"),
+    ("short", "datamill", "datamill clips, 2 workers"),
+    ("long", "baseline", "baseline (one file: one process)"),
+    ("long", "ceiling", "ceiling (one file: one process)"),
+    ("long", "datamill", "datamill clips, 2 workers"),
+    ("long", "datamill-copy", "datamill clips --codec copy"),
+]
+
+
+def mb(x: float) -> str:
+    return f"{x / 2**20:,.1f} MB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small corpus: a smoke run")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    ap.add_argument("--workdir", default=str(Path(__file__).parent / "_data"),
+                    help="where the corpus (cached) and the outputs go")
+    ap.add_argument("--child", nargs=3, metavar=("METHOD", "SRC", "DST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    workdir = Path(args.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = corpus(workdir, args.quick)
+    spec = data["spec"]
+    w, h = spec["size"]
+    out_root = workdir / f"clips-out-{'quick' if args.quick else 'full'}"
+    me = os.path.abspath(__file__)
+    print(f"bench/clips.py: {machine()}, {WORKERS} workers, median of {args.repeat} runs"
+          + (" (quick)" if args.quick else ""), flush=True)
+    print(f"corpus: short = {spec['short']} videos x {spec['short_frames']} frames; long = 1 video x "
+          f"{spec['long_frames']} frames; all {w}x{h} H.264 (x264 veryfast, {ENCODING['bframes']} "
+          f"B-frames, GOP {ENCODING['gop']}), {ENCODING['fps']} fps; clips of {CLIP_FRAMES} frames "
+          f"at {SIZE[0]}x{SIZE[1]}", flush=True)
+
+    runs: dict[tuple[str, str], list[dict]] = {}
+    errors: dict[tuple[str, str], str] = {}
+    wait_budget = total_wait = QUIET_WAIT[0] * (0.1 if args.quick else 1)
+    for r in range(args.repeat):
+        for part, method, _ in ROWS:
+            if (part, method) in errors:
+                continue
+            dst = out_root / part / method
+            wait_budget -= wait_until_quiet(min(QUIET_WAIT[1], max(0.0, wait_budget)))
+            try:
+                res = run_child([me, "--child", method, str(data[part]["src"]), str(dst)], timeout=1800)
+            except Exception as exc:  # a method that does not run is reported, not fatal
+                errors[(part, method)] = str(exc).strip().splitlines()[-1][:200]
+                print(f"  {part}/{method}: FAILED: {errors[(part, method)]}", flush=True)
+                continue
+            runs.setdefault((part, method), []).append(res)
+            print(f"  run {r + 1}/{args.repeat} {part:5} {method:13} {res['seconds']:7.2f} s "
+                  f"{data[part]['frames'] / res['seconds']:7.1f} frames/s  "
+                  f"{1000 * res['cpu_seconds'] / data[part]['frames']:5.2f} CPU ms/frame  worker "
+                  f"{res['worker_mb']:.0f} MB  other work {res['others_cores']:.2f} cores", flush=True)
+
+    print("measuring outputs and quality (last run's clips) ...", flush=True)
+    result: dict[tuple[str, str], dict] = {}
+    for part, method, _ in ROWS:
+        if (part, method) not in runs:
+            continue
+        rs = runs[(part, method)]
+        seconds = median([x["seconds"] for x in rs])
+        res = {"seconds": seconds, "rate": data[part]["frames"] / seconds,
+               "cpu_ms": 1000 * median([x["cpu_seconds"] for x in rs]) / data[part]["frames"],
+               "worker_mb": max(x["worker_mb"] for x in rs), "driver_mb": max(x["driver_mb"] for x in rs),
+               "last": rs[-1]}
+        if method != "ceiling":
+            dst = out_root / part / method
+            res["out"] = output_facts(dst)
+            res["quality"] = quality(method, data[part], dst, PSNR_EVERY[part])
+        result[(part, method)] = res
+
+    rows = []
+    notes = []
+    for part, method, label in ROWS:
+        frames = data[part]["frames"]
+        corpus_cell = (f"{spec['short']} x {spec['short_frames']}" if part == "short" else
+                       f"1 x {spec['long_frames']}") + f" @{h}p"
+        if (part, method) in errors:
+            rows.append([corpus_cell, label, "", "", "FAILED", "", "", "", "", "", "", ""])
+            notes.append(f"{part}/{method} failed: {errors[(part, method)]}")
+            continue
+        res = result[(part, method)]
+        base = result.get((part, "baseline"))
+        ceil = result.get((part, "ceiling"))
+        out = res.get("out")
+        q = res.get("quality")
+        psnr_cell, _ = fmt_psnr(q)
+        size_cell = f"{out['size'][0]}x{out['size'][1]} {out['size'][2]}" if out and out["size"] else ""
+        rows.append([
+            corpus_cell, label,
+            f"{out['clips']}" if out else "",
+            size_cell,
+            f"{frames / res['seconds']:,.0f}",
+            f"{res['cpu_ms']:.2f}",
+            ratio(res["rate"] / base["rate"]) if base else "",
+            ratio(res["rate"] / ceil["rate"]) if ceil else "",
+            mb(out["bytes"]) if out else "",
+            psnr_cell,
+            f"{q['exact']}/{q['checked']}" if q else "",
+            f"{res['worker_mb']:.0f} / {res['driver_mb']:.0f} MB",
+        ])
+        if out and out["frames"] != frames:
+            notes.append(f"{part}/{method}: the clips hold {out['frames']} frames, the source {frames}")
+        if method == "baseline" and out and out["size"] and out["size"][:2] != SIZE and part == "short":
+            how = ("drops the rightmost pixel column(s)" if q and q["psnr"]["crop"] is not None
+                   and q["psnr"]["crop"] > q["psnr"]["resize"] else "rescales")
+            notes.append(f"OpenCV's VideoWriter, asked for {SIZE[0]}x{SIZE[1]}, writes "
+                         f"{out['size'][0]}x{out['size'][1]} without a word: it {how} (PSNR below)")
+        if q and q["psnr"]["crop"] is not None:
+            notes.append(f"{part}/{method}: PSNR against the source resized to the clips' size "
+                         f"{q['psnr']['resize']:.2f} dB, against it resized to {SIZE[0]}x{SIZE[1]} and "
+                         f"cropped to the clips' size {q['psnr']['crop']:.2f} dB")
+    print()
+    print(table(["corpus", "method", "clips", "output", "source frames/s", "CPU ms/frame", "vs baseline",
+                 "vs ceiling", "output bytes", "PSNR", "frames exact", "peak RSS worker / driver"],
+                rows), flush=True)
+    others = [x["others_cores"] for rs in runs.values() for x in rs]
+    if others:
+        notes.append(f"other processes on the machine used {median(others):.2f} cores during a run "
+                     f"(median; max {max(others):.2f}) of its {os.cpu_count()}; runs first wait for a "
+                     f"quiet machine (up to {QUIET_WAIT[1]:.0f} s each, {total_wait:.0f} s in all); "
+                     "'CPU ms/frame' (all processes of a method, user + system) is the figure other "
+                     "work disturbs least")
+    if notes:
+        print()
+        for n in notes:
+            print(f"- {n}")
+
+    # Targets
+    def get(part, method, key="rate"):
+        r = result.get((part, method))
+        return r[key] if r else None
+
+    def check(ok):
+        return "" if ok is None else ("met" if ok else "NOT met")
+
+    targets = []
+    d, b, c = get("short", "datamill"), get("short", "baseline"), get("short", "ceiling")
+    targets.append(["short: datamill >= 2.2x baseline", ratio(d / b) if d and b else "",
+                    check(d / b >= 2.2 if d and b else None)])
+    dq = fmt_psnr(result.get(("short", "datamill"), {}).get("quality"))[1]
+    bq = fmt_psnr(result.get(("short", "baseline"), {}).get("quality"))[1]
+    targets.append(["short: datamill PSNR >= baseline PSNR",
+                    f"{dq:.2f} vs {bq:.2f} dB" if dq is not None and bq is not None else "",
+                    check(dq >= bq if dq is not None and bq is not None else None)])
+    targets.append(["short: datamill >= 70% of the decode-only ceiling",
+                    f"{100 * d / c:.0f}%" if d and c else "", check(d / c >= 0.7 if d and c else None)])
+    d, b = get("long", "datamill"), get("long", "baseline")
+    targets.append(["long: datamill (2 workers) >= 3x baseline", ratio(d / b) if d and b else "",
+                    check(d / b >= 3 if d and b else None)])
+    cp = get("long", "datamill-copy")
+    targets.append(["long: --codec copy >= 20x re-encoding (datamill default codec)",
+                    ratio(cp / d) if cp and d else "", check(cp / d >= 20 if cp and d else None)])
+    rss = [r["worker_mb"] for (p, m), r in result.items() if m.startswith("datamill")]
+    targets.append(["datamill peak RSS per worker < 400 MB", f"{max(rss):.0f} MB" if rss else "",
+                    check(max(rss) < 400 if rss else None)])
+    print()
+    print(table(["target", "measured", ""], targets), flush=True)
+    if args.quick:
+        print("\n(quick: a small corpus where fixed start-up costs weigh; the targets are for the "
+              "full run)", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
