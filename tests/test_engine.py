@@ -359,10 +359,12 @@ def test_src_disappearing_stops_the_job_with_the_cause(tmp_path):
     assert report.counts["failed"] == 0  # nothing is recorded as failed: the next run resumes
 
 
-def _shard_batch(task_id, payloads):
+def _shard_batch(task, payloads):
     from datamill.engine.task import failed, filtered, ok
+    task_id = task.id
     out = []
     for p in payloads:
+        task.advance()
         if p == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         out.append(failed("bad", "bad item") if p == "bad" else
@@ -399,3 +401,21 @@ def test_task_ids_continue_across_runs(tmp_path):
     (src / "new.txt").write_text("y")
     run_job(UpperJob(src, dst), RunOptions(quiet=True))
     assert Ledger(dst / "_datamill" / "state.sqlite").next_task_id > first
+
+
+def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
+    import io
+    from datamill.engine.progress import Progress
+    out = io.StringIO()
+    p = Progress("datamill test", quiet=False, interval=0.0, stream=out)
+    p.update("ok")
+    p.update("failed", "timeout")
+    p.tick(in_flight_done=7)
+    text = out.getvalue()
+    assert "datamill test: 2 items done" in text
+    assert "failed 1 (timeout 1)" in text and "7 more in running tasks" in text
+    quiet = io.StringIO()
+    q = Progress("x", quiet=True, interval=0.0, stream=quiet)
+    q.update("ok")
+    q.tick(3)
+    assert quiet.getvalue() == ""

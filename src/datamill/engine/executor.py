@@ -51,6 +51,10 @@ class Executor(ABC):
     def poll(self, timeout: float) -> list[Done]:
         """Wait up to `timeout` seconds; return the tasks that finished or crashed."""
 
+    def in_progress(self) -> int:
+        """Items finished inside tasks still running (batch runners report them); for progress."""
+        return 0
+
     @abstractmethod
     def shutdown(self, cancel: bool = False, grace: float = 0.0) -> list[Done]:
         """Stop.  With `cancel`, begin no new task, wait up to `grace` seconds for running

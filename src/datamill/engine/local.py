@@ -24,7 +24,8 @@ from .executor import Executor, TaskEncodingError, WorkerInitError
 from .task import Crash, Done, TaskRunner, error_info, picklable_results
 
 PREFETCH = 2  # tasks held by one worker: one running, one ready to start
-_FIELDS = 3  # per worker in the status array: task id, item index, item start (monotonic)
+_FIELDS = 4  # per worker in the status array: task id, item index, item start (monotonic),
+# items a batch has finished so far
 
 
 def _dumps(obj: Any) -> bytes:
@@ -46,6 +47,7 @@ def _worker_main(runner: TaskRunner, slot: int, tasks: Any, conn: Any, status: A
         if blob is None or stopping.is_set():
             return
         task_id, payloads = pickle.loads(blob)
+        status[base + 3] = 0
         status[base] = task_id
         start = clock()
         results = runner.run(payloads, status, base, task_id)
@@ -131,6 +133,10 @@ class LocalExecutor(Executor):
     # -- scheduling -----------------------------------------------------------------------
     def free_slots(self) -> int:
         return sum(PREFETCH - len(w.held) for w in self._workers)
+
+    def in_progress(self) -> int:
+        return sum(int(self._status[w.slot * _FIELDS + 3]) for w in self._workers
+                   if w.held and self._status[w.slot * _FIELDS] == w.held[0])
 
     def submit(self, task_id: int, payloads: Sequence[Any]) -> None:
         try:

@@ -25,6 +25,7 @@ class Progress:
         self._last_show = self.started
         self._bar = None
         self._pending = 0
+        self._in_flight = 0
         if not quiet and self.stream.isatty():
             from tqdm import tqdm
             tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
@@ -42,6 +43,14 @@ class Progress:
         if now - self._last_show >= self.interval:
             self._show(now)
 
+    def tick(self, in_flight_done: int = 0) -> None:
+        """Refresh the display if due; `in_flight_done` counts items finished inside tasks
+        that are still running (shown, not yet counted as outcomes)."""
+        self._in_flight = in_flight_done
+        now = time.monotonic()
+        if now - self._last_show >= self.interval:
+            self._show(now)
+
     def set_total(self, total: int | None) -> None:
         self.total = total
         if self._bar is not None:
@@ -52,18 +61,20 @@ class Progress:
         self._last_show = now
         if self.quiet:
             return
+        running = f", {self._in_flight} more in running tasks" if self._in_flight else ""
         if self._bar is not None:
             self._bar.update(self._pending)
             self._pending = 0
-            self._bar.set_postfix_str(self._failure_text(), refresh=True)
+            self._bar.set_postfix_str(self._failure_text() + running, refresh=True)
             return
-        rate = self.done / max(now - self.started, 1e-9)
+        done = self.done + self._in_flight
+        rate = done / max(now - self.started, 1e-9)
         of = f"/{self.total}" if self.total else ""
         eta = ""
         if self.total and rate > 0:
-            eta = f", ETA {_duration((self.total - self.done) / rate)}"
-        print(f"{self.desc}: {self.done}{of} {self.unit}s, {rate:.1f}/s{eta}; {self._failure_text()}",
-              file=self.stream, flush=True)
+            eta = f", ETA {_duration((self.total - done) / rate)}"
+        print(f"{self.desc}: {self.done}{of} {self.unit}s done{running}, {rate:.1f}/s{eta}; "
+              f"{self._failure_text()}", file=self.stream, flush=True)
 
     def _failure_text(self) -> str:
         failed = self.counts.get("failed", 0)

@@ -165,7 +165,8 @@ class _Run:
                                retries=self.opts.retries,
                                timeout=self.job.task_timeout(self.opts.timeout),
                                batch_size=self.job.batch_size,
-                               first_task_id=self.ledger.next_task_id)
+                               first_task_id=self.ledger.next_task_id,
+                               on_poll=lambda: self.progress.tick(executor.in_progress()))
         status, message = "completed", ""
         previous = _sigterm_as_interrupt()
         try:
@@ -179,7 +180,7 @@ class _Run:
                 self._drain()
             except SystemicFailure as exc:
                 status, message = "stopped", f"stopped: {exc}"
-                self._drain()
+                self._drain()  # failures while draining join the window, forgotten below
                 self.ledger.forget(k for k, reason in self.window if reason is not None)
             except WorkerInitError as exc:
                 status, message = "stopped", f"stopped: {exc}"
@@ -226,16 +227,16 @@ class _Run:
                                message=e.message, traceback=e.traceback, **common)
         self.this_run[status] += 1
         self.progress.update(status, reason)
-        if watch:
-            self._watch(it, status, reason, r)
+        self._watch(it, status, reason, r, stop=watch)
 
-    def _watch(self, it: Item, status: str, reason: str | None, r: Result) -> None:
+    def _watch(self, it: Item, status: str, reason: str | None, r: Result, stop: bool) -> None:
+        """Keep the recent outcomes; raise SystemicFailure when the job should stop."""
         failed = status == FAILED
         self.window.append((it.key, reason if failed else None))
         self.window_failed += failed
         if len(self.window) > self.opts.failure_window:
             self.window_failed -= self.window.popleft()[1] is not None
-        if not failed:
+        if not failed or not stop:
             return
         if reason == "disk_full":
             raise SystemicFailure(f"the disk is full ({r.error.message if r.error else ''}); "

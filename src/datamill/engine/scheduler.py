@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .executor import Executor, TaskEncodingError
 from .task import FAILED, FILTERED, OK, Crash, Done, ErrorInfo, TaskRunner, WorkItem
@@ -44,12 +44,14 @@ class Scheduler:
 
     `retries`: further attempts for an item that failed with a retryable error, crashed its
     worker or ran past its deadline.  `batch_size`: items per task, or None to adapt it so a
-    task takes about `task_seconds`.  Task ids count from `first_task_id`.
+    task takes about `task_seconds`.  Task ids count from `first_task_id`.  `on_poll` is
+    called after each wait for results (to refresh progress during long tasks).
     """
 
     def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
                  *, retries: int = 1, timeout: float | None = None, batch_size: int | None = None,
-                 max_batch: int = 4096, task_seconds: float = 0.05, first_task_id: int = 0):
+                 max_batch: int = 4096, task_seconds: float = 0.05, first_task_id: int = 0,
+                 on_poll: Callable[[], None] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -68,6 +70,7 @@ class Scheduler:
         self._exhausted = False
         self._started = False
         self._draining = False
+        self._on_poll = on_poll
 
     # -- public --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Result]:
@@ -80,6 +83,8 @@ class Scheduler:
                 return
             for done in self.executor.poll(0.2):
                 yield from self._handle(done)
+            if self._on_poll is not None:
+                self._on_poll()
 
     def drain(self, grace: float) -> Iterator[Result]:
         """Stop submitting; collect what finishes within `grace` seconds; abandon the rest."""

@@ -82,10 +82,11 @@ class Done:
 class TaskRunner:
     """Runs a task inside a worker; exceptions of single items become per-item data.
 
-    Either `fn(payload)` is called for each item, or `batch_fn(task_id, payloads)` once for
-    the whole task (a job that writes one shard per task, or fetches its items concurrently);
-    it returns one result per item, made with `ok`, `filtered` and `failed`.  Task ids are
-    unique within a job folder, across runs, so they can name shards.
+    Either `fn(payload)` is called for each item, or `batch_fn(task, payloads)` once for the
+    whole task (a job that writes one shard per task, or fetches its items concurrently); it
+    returns one result per item, made with `ok`, `filtered` and `failed`, and may call
+    `task.advance()` as items finish so progress moves during long tasks.  `task.id` is unique
+    within a job folder, across runs, so it can name shards.
 
     `initializer(*initargs)` runs once per worker process before its first task (load a model,
     open a resource).  With `status` (a shared array of doubles) the runner publishes which
@@ -95,7 +96,7 @@ class TaskRunner:
 
     def __init__(self, fn: Callable[[Any], Any] | None = None,
                  initializer: Callable[..., Any] | None = None, initargs: Sequence[Any] = (),
-                 *, batch_fn: Callable[[int, list], list] | None = None):
+                 *, batch_fn: Callable[["TaskContext", list], list] | None = None):
         if (fn is None) == (batch_fn is None):
             raise ValueError("give either fn or batch_fn")
         self.fn = fn
@@ -132,13 +133,30 @@ class TaskRunner:
             status[base + 1] = -1
             status[base + 2] = time.monotonic()
         try:
-            results = list(self.batch_fn(task_id, payloads))
+            results = list(self.batch_fn(TaskContext(task_id, status, base), payloads))
             if len(results) != len(payloads):
                 raise RuntimeError(f"batch function returned {len(results)} results for "
                                    f"{len(payloads)} items")
             return results
         except Exception as exc:  # noqa: BLE001 - the whole task failed: every item says why
             return [(FAILED, None, error_info(exc))] * len(payloads)
+
+
+class TaskContext:
+    """What a batch function knows of its task: its id, and a way to report progress."""
+
+    __slots__ = ("id", "_status", "_base", "done")
+
+    def __init__(self, task_id: int, status: Any = None, base: int = 0):
+        self.id = task_id
+        self._status = status
+        self._base = base
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._status is not None:
+            self._status[self._base + 3] = self.done
 
 
 def ok(value: Any) -> tuple:
