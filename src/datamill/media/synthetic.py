@@ -211,3 +211,145 @@ def make_truncated(path_src: str | os.PathLike, path_dst: str | os.PathLike, fra
     path_dst.parent.mkdir(parents=True, exist_ok=True)
     path_dst.write_bytes(data[: int(len(data) * fraction)])
     return path_dst
+
+
+# --------------------------------------------------------------------------------------
+# Still images (the download and dedup jobs)
+
+# The inverse of each EXIF orientation's display transform: applied to the upright picture
+# it gives the stored pixels, so that only a reader that honours the tag sees it upright.
+_UNDO_ORIENTATION = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+                     6: "ROTATE_90", 7: "TRANSVERSE", 8: "ROTATE_270"}
+
+
+def draw_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """The upright RGB picture (height x width x 3, uint8) that `make_image` stores.
+
+    Red grows left to right and green top to bottom (so any rotation or flip is visible),
+    with a dark disc, a bright bar and a diagonal stripe placed by `seed`: large, smooth
+    shapes that survive resizing and lossy compression.
+    """
+    rng = np.random.default_rng(seed)
+    ys = (np.arange(height, dtype=np.float32)[:, None] + 0.5) / height
+    xs = (np.arange(width, dtype=np.float32)[None, :] + 0.5) / width
+    img = np.empty((height, width, 3), dtype=np.float32)
+    img[..., 0] = 30 + 200 * xs
+    img[..., 1] = 30 + 200 * ys
+    img[..., 2] = rng.uniform(40, 200) + 40 * np.sin(6.0 * (xs + ys) + rng.uniform(0, 6.3))
+    cx, cy, r = rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.4), rng.uniform(0.08, 0.14)
+    disc = (xs - cx) ** 2 + ((ys - cy) * height / width) ** 2 < r * r
+    img[disc] = (20, 20, 60)
+    bx, by = rng.uniform(0.55, 0.7), rng.uniform(0.6, 0.75)
+    img[(xs > bx) & (xs < bx + 0.25) & (ys > by) & (ys < by + 0.12)] = (250, 240, 90)
+    stripe = np.abs(xs - ys - rng.uniform(-0.2, 0.2)) < 0.03
+    img[stripe] = img[stripe] * 0.4
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def _image_of_mode(picture: np.ndarray, mode: str) -> "PIL.Image.Image":
+    from PIL import Image
+
+    rgb = Image.fromarray(picture)
+    height, width = picture.shape[:2]
+    if mode in ("RGB", "L", "CMYK", "1"):
+        return rgb.convert(mode)
+    if mode in ("RGBA", "LA"):
+        # Transparent top-left block, half-transparent band below it, opaque elsewhere.
+        alpha = np.full((height, width), 255, dtype=np.uint8)
+        alpha[: max(1, height // 4), : max(1, width // 4)] = 0
+        alpha[height // 4 : height // 2, :] = 128
+        out = rgb.convert(mode[:-1])
+        out.putalpha(Image.fromarray(alpha))
+        return out
+    if mode == "P":
+        # 63 colours plus index 63 (magenta) marked transparent on the top-left block.
+        pal = rgb.quantize(63, dither=Image.Dither.NONE)
+        indices = np.asarray(pal).copy()
+        indices[: max(1, height // 4), : max(1, width // 4)] = 63
+        out = Image.fromarray(indices)
+        out.putpalette(pal.getpalette()[: 63 * 3] + [255, 0, 255])
+        out.info["transparency"] = 63
+        return out
+    if mode == "I;16":
+        # The gray level of the picture on the full 16-bit range (0..65535).
+        gray = np.asarray(rgb.convert("L"), dtype=np.float64)
+        span = max(float(gray.max() - gray.min()), 1.0)
+        return Image.fromarray(np.round((gray - gray.min()) * 65535.0 / span).astype(np.uint16))
+    raise ValueError(f"unsupported mode {mode!r}")
+
+
+def make_image(
+    path: str | os.PathLike | None,
+    size: tuple[int, int] = (320, 240),
+    mode: str = "RGB",
+    fmt: str = "JPEG",
+    exif_orientation: int | None = None,
+    seed: int = 0,
+    quality: int = 90,
+    frames: int = 1,
+) -> bytes:
+    """Encode a deterministic synthetic image (`draw_image`) and return its bytes.
+
+    `size` is the stored width x height, as in `make_video`; with `exif_orientation` 5-8
+    the upright picture is height x width.  `mode`: RGB, L, 1, CMYK (JPEG), RGBA and LA
+    (a transparent block top-left, a half-transparent band), P (a palette with the
+    top-left block transparent), I;16 (16-bit gray over the whole 0..65535 range; PNG).
+    `fmt` is any format Pillow writes (JPEG, PNG, WEBP, GIF, BMP, TIFF...).  `frames` > 1
+    writes an animation (GIF, WEBP, PNG) whose frame i is drawn with seed + i.
+    `exif_orientation` (1-8) stores the pixels turned the other way with that tag, so
+    the picture is upright only for a reader that applies it.  With a `path`, the bytes
+    are also written there.
+    """
+    import io
+
+    from PIL import Image
+
+    width, height = size
+    swapped = exif_orientation in (5, 6, 7, 8)
+    pictures = []
+    for index in range(frames):
+        picture = draw_image(height if swapped else width, width if swapped else height, seed + index)
+        image = _image_of_mode(picture, mode)
+        if exif_orientation in _UNDO_ORIENTATION:
+            transparency = image.info.get("transparency")
+            image = image.transpose(getattr(Image.Transpose, _UNDO_ORIENTATION[exif_orientation]))
+            if transparency is not None:
+                image.info["transparency"] = transparency
+        pictures.append(image)
+    options: dict = {}
+    if fmt.upper() in ("JPEG", "WEBP"):
+        options["quality"] = quality
+    if "transparency" in pictures[0].info:
+        options["transparency"] = pictures[0].info["transparency"]
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        options["exif"] = exif.tobytes()
+    if frames > 1:
+        options.update(save_all=True, append_images=pictures[1:], duration=100, loop=0)
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format=fmt, **options)
+    data = buffer.getvalue()
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return data
+
+
+def make_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header claiming width x height RGB pixels, with a tiny body.
+
+    The file is a few hundred bytes; the IDAT holds only the first rows (zeros), so a
+    reader that trusted the header would allocate width * height * 3 bytes before
+    noticing the truncation.  Readers must reject it from the header alone.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(bytes((1 + 3 * width) * 4), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
