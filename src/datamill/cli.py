@@ -128,6 +128,62 @@ def clips(src: str, dst: str, **kw: Any) -> None:
     execute(lambda: ClipsJob(src, dst, clip_opts, kw["extensions"] or VIDEO_EXTENSIONS), opts)
 
 
+def _columns(ctx: Any, param: Any, value: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in (value or "").split(",") if c.strip())
+
+
+@main.command()
+@click.argument("urls", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--url-col", default="url", show_default=True, help="Column of the URL (csv, tsv, jsonl, parquet).")
+@click.option("--caption-col", help="Column of the caption, stored as <key>.txt.")
+@click.option("--keep-cols", callback=_columns, help="Other columns to keep in the metadata, comma-separated.")
+@click.option("--input-format", type=click.Choice(["txt", "csv", "tsv", "jsonl", "parquet"]),
+              help="Input format (default: from the file name; .gz is read as such).")
+@click.option("--format", "fmt", type=click.Choice(["files", "webdataset", "parquet"]), default="files", show_default=True,
+              help="files: 00000/000000123.jpg + .json; webdataset: 00000.tar; parquet: 00000.parquet.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=10_000, show_default=True, help="URLs per shard.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=256, show_default=True, help="Connections per worker.")
+@click.option("--per-host", type=click.IntRange(min=1), default=16, show_default=True, help="Connections per host per worker.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=20_000_000, show_default=True, help="Largest body accepted.")
+@click.option("--user-agent", help="User-Agent header.")
+@click.option("--no-robots", is_flag=True, help="Do not honour X-Robots-Tag: noai / noimageai.")
+@click.option("--resize", type=click.IntRange(min=1), help="Target side in pixels (downscale only unless --upscale).")
+@click.option("--resize-mode", type=click.Choice(["no", "keep_ratio", "center_crop", "border"]), default="keep_ratio",
+              show_default=True, help="keep_ratio: short side = N; center_crop: N x N centre; border: fit in N x N, padded.")
+@click.option("--upscale", is_flag=True, help="Also enlarge images smaller than --resize.")
+@click.option("--encode", type=click.Choice(["jpg", "webp", "png"]), default="jpg", show_default=True)
+@click.option("--quality", type=click.IntRange(0, 100), default=95, show_default=True)
+@click.option("--min-size", type=click.IntRange(min=1), help="Filter images whose short side is smaller (too_small).")
+@click.option("--max-aspect", type=click.FloatRange(min=1), help="Filter images more elongated than this (too_large_aspect).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=89_478_485, show_default=True,
+              help="Fail larger images (decompression bombs) as too_large.")
+@engine_options
+def download(urls: str, dst: str, **kw: Any) -> None:
+    """Download the images of a URL list URLS (txt, csv, tsv, jsonl, parquet, .gz) into DST.
+
+    --timeout is a total deadline per URL (connect and every read), default 10 s; --retries
+    retries connection errors, timeouts, 5xx and 429 (Retry-After honoured).
+    """
+    from .io.http import DEFAULT_USER_AGENT, FetchOptions
+    from .jobs.download import DownloadJob, DownloadOptions
+    from .media.image import ImageOptions
+    opts = run_options(kw)
+    fetch = FetchOptions(timeout=opts.timeout or 10.0, retries=opts.retries,
+                         concurrency=kw["concurrency"], per_host=kw["per_host"],
+                         max_bytes=kw["max_bytes"], user_agent=kw["user_agent"] or DEFAULT_USER_AGENT,
+                         honor_robots=not kw["no_robots"])
+    opts.timeout, opts.retries = None, 1  # per URL inside the worker; the engine guards tasks
+    image = ImageOptions(resize=kw["resize"], resize_mode=kw["resize_mode"], upscale=kw["upscale"],
+                         encode=kw["encode"], quality=kw["quality"], min_size=kw["min_size"],
+                         max_aspect=kw["max_aspect"], max_pixels=kw["max_pixels"])
+    job_opts = DownloadOptions(url_col=kw["url_col"], caption_col=kw["caption_col"],
+                               keep_cols=kw["keep_cols"], input_format=kw["input_format"],
+                               output_format=kw["fmt"], shard_size=kw["shard_size"],
+                               image=image, fetch=fetch)
+    execute(lambda: DownloadJob(urls, dst, job_opts), opts)
+
+
 @main.command()
 @click.argument("folder", type=click.Path(), default="datamill-demo")
 @click.option("--workers", type=click.IntRange(min=1))

@@ -82,6 +82,9 @@ class Job(ABC):
     def finish(self, ledger: Any, quiet: bool) -> None:
         """A global phase after the per-item work (dedup's grouping); none by default."""
 
+    def reports(self, ledger: Any) -> None:
+        """Write the job's own report files from the ledger, after every run."""
+
     def summary_lines(self, ledger: Any) -> list[str]:
         return []
 

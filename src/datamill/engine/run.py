@@ -269,6 +269,7 @@ class _Run:
         n_manifest = write_manifest(ledger, dst / "manifest.parquet", job.manifest_fields,
                                     job.final_stage)
         n_failed = write_failures(ledger, dst / "failures.jsonl")
+        job.reports(ledger)
         stats = {
             "job": job.name, "src": str(job.src), "dst": str(dst),
             "counts": {s: counts.get(s, 0) for s in (OK, FILTERED, FAILED)},

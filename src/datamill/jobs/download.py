@@ -1,0 +1,208 @@
+"""Job `download`: a list of image URLs to a training-ready image dataset.
+
+Items are the input's rows (key: the zero-padded row number, stable across runs).  The engine
+groups them into tasks of `shard_size` rows; a worker fetches a task's URLs concurrently
+(asyncio, hundreds of connections, a total deadline per URL), checks and transforms each image
+and writes the task's shard, named by the task id, so that URLs retried later land in new
+shards after the existing ones.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from ..engine.atomic import TMP_MARK, atomic_path
+from ..engine.errors import Filtered, ItemError, UsageError
+from ..engine.job import Item, Job
+from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
+from ..io.http import FetchOptions, FetchResult, fetch_many
+from ..io.shards import SHARD_FORMATS, open_shard_writer
+from ..io.sources import read_rows, sniff_format
+from ..media.image import ImageOptions, process_image
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """What to read, how to fetch, what to do with each image, how to store it."""
+
+    url_col: str = "url"
+    caption_col: str | None = None
+    keep_cols: tuple[str, ...] = ()
+    input_format: str | None = None
+    output_format: str = "files"
+    shard_size: int = 10_000
+    image: ImageOptions = field(default_factory=ImageOptions)
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+
+    def validate(self) -> None:
+        if self.output_format not in SHARD_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(SHARD_FORMATS)}")
+        if self.shard_size < 1:
+            raise UsageError("--shard-size must be at least 1")
+        try:
+            self.image.validate()
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+
+    def fingerprint(self) -> dict:
+        return {"url_col": self.url_col, "caption_col": self.caption_col,
+                "keep_cols": list(self.keep_cols), "format": self.output_format,
+                "image": dataclasses.asdict(self.image), "max_bytes": self.fetch.max_bytes,
+                "honor_robots": self.fetch.honor_robots}
+
+
+def download_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: list) -> list:
+    """Run in a worker: fetch, check and store one task's URLs as shard `task.id`."""
+    results: list[Any] = [None] * len(payloads)
+    requests = []
+    for i, (key, url, caption, kept, error) in enumerate(payloads):
+        if error is not None:
+            results[i] = failed("bad_row", error)
+            task.advance()
+        else:
+            requests.append((i, url or ""))
+    with open_shard_writer(opts.output_format, dst, task.id) as writer:
+        async def fetch_and_store() -> None:
+            async for fetched in fetch_many(requests, opts.fetch):
+                results[fetched.key] = store_image(opts, writer, task.id, payloads[fetched.key],
+                                                   fetched)
+                task.advance()
+        asyncio.run(fetch_and_store())
+        if writer.count == 0:
+            writer.abort()
+    return results
+
+
+def store_image(opts: DownloadOptions, writer: Any, shard: int, payload: tuple,
+                fetched: FetchResult) -> tuple:
+    """The outcome of one fetched URL; an image that passes is added to the shard."""
+    key, url, caption, kept, _ = payload
+    if fetched.status == "filtered":
+        return filtered(fetched.error_class or "filtered", fetched.message or "")
+    if fetched.status != "ok":
+        return failed(fetched.error_class or "error", fetched.message or "",
+                      retryable=False, type_="FetchError")
+    try:
+        img = process_image(fetched.body or b"", opts.image)
+    except Filtered as exc:
+        return filtered(exc.reason, str(exc))
+    except ItemError as exc:
+        return failed(exc.error_class, str(exc), type_=type(exc).__name__)
+    meta = {"key": key, "url": url, "caption": caption, **kept, "width": img.width,
+            "height": img.height, "original_width": img.original_width,
+            "original_height": img.original_height, "sha256": img.sha256, "status": "ok"}
+    member = writer.add(key, img.data, img.ext, meta, caption)
+    return ok([{"url": url, "caption": caption, "shard": f"{shard:05d}", "member": member,
+                "width": img.width, "height": img.height, "original_width": img.original_width,
+                "original_height": img.original_height, "sha256": img.sha256,
+                "bytes": len(img.data), "kept": kept or None}])
+
+
+class DownloadJob(Job):
+    name = "download"
+    unit = "url"
+    batch_size: int | None = 10_000
+    manifest_fields = [
+        pa.field("url", pa.string()), pa.field("caption", pa.string()),
+        pa.field("shard", pa.string()), pa.field("member", pa.string()),
+        pa.field("width", pa.int32()), pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()), pa.field("original_height", pa.int32()),
+        pa.field("sha256", pa.string()), pa.field("bytes", pa.int64()),
+        pa.field("kept", pa.map_(pa.string(), pa.string())),
+    ]
+
+    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike,
+                 options: DownloadOptions | None = None):
+        super().__init__(src, dst)
+        self.opts = options or DownloadOptions()
+        self.batch_size = self.opts.shard_size
+
+    def validate(self) -> None:
+        self.opts.validate()
+        super().validate()
+        if not self.src.is_file():
+            raise UsageError(f"URLS must be a file (txt, csv, tsv, jsonl, parquet, optionally .gz): {self.src}")
+        try:
+            sniff_format(self.src) if self.opts.input_format is None else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+
+    def fingerprint(self) -> dict:
+        return self.opts.fingerprint()
+
+    def options(self) -> dict:
+        return {**self.opts.fingerprint(), "shard_size": self.opts.shard_size,
+                "fetch": dataclasses.asdict(self.opts.fetch)}
+
+    def items(self) -> Iterator[Item]:
+        o = self.opts
+        for row in read_rows(self.src, o.input_format, text_column=o.url_col):
+            key = f"{row.index:09d}"
+            if row.fields is None:
+                yield Item(key, (key, None, None, {}, row.error))
+                continue
+            url = row.fields.get(o.url_col)
+            url = str(url).strip() if url is not None else ""
+            caption = row.fields.get(o.caption_col) if o.caption_col else None
+            kept = {c: _text(row.fields.get(c)) for c in o.keep_cols}
+            error = None if url else f"row {row.index}: no URL in column {o.url_col!r}"
+            yield Item(key, (key, url, None if caption is None else str(caption), kept, error),
+                       source=url or None)
+
+    def runner(self) -> TaskRunner:
+        return TaskRunner(batch_fn=functools.partial(download_shard, self.opts, str(self.dst)))
+
+    def task_timeout(self, item_timeout: float | None) -> float | None:
+        """A backstop for a whole shard (each URL has its own total deadline)."""
+        f = self.opts.fetch
+        per_url = f.timeout * (f.retries + 1) + f.retries * max(f.max_backoff, f.max_retry_after)
+        return math.ceil(self.opts.shard_size / f.concurrency) * per_url + 120
+
+    def prepare(self, ledger: Any) -> None:
+        """Shards numbered from the ledger's next task id were left by a killed run and are
+        not recorded: their URLs will be fetched again, so the shards go."""
+        for entry in self.dst.iterdir():
+            stem = entry.name.split(".")[0]
+            stale = stem.isdigit() and int(stem) >= ledger.next_task_id
+            if stale or TMP_MARK in entry.name:  # or a temp file of a killed worker
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def reports(self, ledger: Any) -> None:
+        with atomic_path(self.dst / "failed_urls.txt") as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for row in ledger.iter_items("WHERE status='failed'"):
+                if row["source"]:
+                    f.write(row["source"] + "\n")
+
+    def summary_lines(self, ledger: Any) -> list[str]:
+        n = ledger.db.execute("SELECT COUNT(*) FROM items WHERE status='failed' AND source IS NOT NULL").fetchone()[0]
+        return [f"images in {self.dst} as {self.opts.output_format} shards"] + (
+            [f"{n} failed URLs listed in failed_urls.txt (usable as a new input)"] if n else [])
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def download(urls: str | os.PathLike, dst: str | os.PathLike, *, url_col: str = "url",
+             caption_col: str | None = None, keep_cols: tuple[str, ...] = (),
+             input_format: str | None = None, format: str = "files", shard_size: int = 10_000,
+             image: ImageOptions | None = None, fetch: FetchOptions | None = None, **engine: Any):
+    """Download the images of a URL list into `dst` (see `datamill download --help`).
+
+    >>> datamill.download("urls.txt.gz", "images/", image=ImageOptions(resize=256, min_size=100),
+    ...                   format="webdataset")                                  # doctest: +SKIP
+    """
+    from ..engine.run import RunOptions, run_job
+    opts = DownloadOptions(url_col=url_col, caption_col=caption_col, keep_cols=tuple(keep_cols),
+                           input_format=input_format, output_format=format, shard_size=shard_size,
+                           image=image or ImageOptions(), fetch=fetch or FetchOptions())
+    return run_job(DownloadJob(urls, dst, opts), RunOptions(**engine))

@@ -1,0 +1,202 @@
+"""Job `download` end to end against a real HTTP server on 127.0.0.1 with every pathology."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import datamill
+from datamill.io.http import FetchOptions
+from datamill.io.imageserver import ImageServer
+from datamill.io.shards import iter_shard
+from datamill.jobs.download import download
+from datamill.media.image import ImageOptions
+
+os.environ["no_proxy"] = "127.0.0.1,localhost"
+
+PATHOLOGIES = {  # path -> (status, reason)
+    "status/404": ("failed", "http_404"),
+    "status/500": ("failed", "http_500"),
+    "html": ("failed", "not_image"),
+    "truncated.jpg": ("failed", "decode_error"),
+    "bomb.png": ("failed", "too_large"),
+    "redirect-loop": ("failed", "redirect_loop"),
+    "redirect/2": ("ok", None),
+    "tiny.jpg": ("filtered", "too_small"),
+    "cmyk.jpg": ("ok", None),
+    "palette.png": ("ok", None),
+    "exif-rotated.jpg": ("ok", None),
+    "robots/1.jpg": ("filtered", "robots"),
+    "drip/1.jpg": ("failed", "timeout"),
+    "endless.jpg": ("failed", "too_large"),
+    "reset": ("failed", "connection"),
+    "ratelimit/r1?after=1": ("ok", None),
+    "flaky/f1": ("ok", None),
+    "png/3.png?w=300&h=60": ("filtered", "too_large_aspect"),
+}
+
+FAST = FetchOptions(timeout=1.5, retries=1, backoff=0.05, max_bytes=1_000_000)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ImageServer() as s:
+        yield s
+
+
+def manifest(dst: Path) -> dict[str, dict]:
+    return {r["key"]: r for r in pq.read_table(dst / "manifest.parquet").to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def pathological_run(server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dl")
+    urls = [server.url(f"img/{i}.jpg?w=320&h=240") for i in range(20)]
+    urls += [server.url(p) for p in PATHOLOGIES] + ["ftp://example.invalid/x.jpg", "not a url"]
+    (root / "urls.txt").write_text("\n".join(urls) + "\n")
+    report = download(root / "urls.txt", root / "out", shard_size=8, format="webdataset",
+                      image=ImageOptions(resize=64, min_size=20, max_aspect=3.0), fetch=FAST,
+                      workers=2, quiet=True)
+    return report, root, urls
+
+
+def test_every_url_gets_its_outcome(pathological_run):
+    report, root, urls = pathological_run
+    rows = manifest(root / "out")
+    assert len(rows) == len(urls)
+    for i, path in enumerate(PATHOLOGIES, start=20):
+        row = rows[f"{i:09d}"]
+        assert (row["status"], row["reason"]) == PATHOLOGIES[path], path
+    assert rows[f"{20 + len(PATHOLOGIES):09d}"]["reason"] == "bad_url"
+    assert rows[f"{21 + len(PATHOLOGIES):09d}"]["reason"] == "bad_url"
+    assert report.exit_code == 1
+
+
+def test_images_are_resized_and_stored_in_webdataset_shards(pathological_run):
+    import webdataset as wds
+    report, root, urls = pathological_run
+    rows = manifest(root / "out")
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    for r in ok:
+        assert min(r["width"], r["height"]) <= 64 and r["shard"] and r["member"]
+        assert len(r["sha256"]) == 64
+    rotated = rows[f"{20 + list(PATHOLOGIES).index('exif-rotated.jpg'):09d}"]
+    assert (rotated["original_width"], rotated["original_height"]) == (200, 400)
+    assert (rotated["width"], rotated["height"]) == (64, 128)
+    shards = sorted((root / "out").glob("*.tar"))
+    samples = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False).decode())
+    assert len(samples) == len(ok)
+    sample = samples[0]
+    assert {"jpg", "json"} <= set(sample) and sample["json"]["url"].startswith("http://127.0.0.1")
+    by_key = {r["key"]: r for r in ok}
+    for s in samples:
+        assert s["__key__"] in by_key and s["json"]["sha256"] == by_key[s["__key__"]]["sha256"]
+
+
+def test_failures_are_listed_and_reusable_as_input(pathological_run):
+    report, root, urls = pathological_run
+    failed = [json.loads(line) for line in (root / "out" / "failures.jsonl").read_text().splitlines()]
+    classes = {f["error_class"] for f in failed}
+    assert {"http_404", "timeout", "not_image", "bad_url"} <= classes
+    listed = (root / "out" / "failed_urls.txt").read_text().split("\n")
+    assert server_url_for(listed, "status/404")
+    assert len([u for u in listed if u]) == len(failed)
+
+
+def server_url_for(lines: list[str], path: str) -> bool:
+    return any(line.endswith("/" + path) for line in lines)
+
+
+def test_rerun_skips_everything_done(pathological_run):
+    report, root, urls = pathological_run
+    again = download(root / "urls.txt", root / "out", shard_size=8, format="webdataset",
+                     image=ImageOptions(resize=64, min_size=20, max_aspect=3.0), fetch=FAST,
+                     workers=2, quiet=True)
+    assert again.stats["this_run"]["items"] == 0 and again.exit_code == 1
+
+
+def test_retry_failed_recovers_into_new_shards_keeping_keys(server, tmp_path):
+    urls = [server.url(f"img/{i}.jpg") for i in range(6)] + [server.url("flaky/retry1?fail=3")]
+    (tmp_path / "urls.txt").write_text("\n".join(urls))
+    no_retry = FetchOptions(timeout=2, retries=0)
+    first = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry, quiet=True)
+    assert first.counts == {"ok": 6, "filtered": 0, "failed": 1}
+    assert manifest(tmp_path / "out")["000000006"]["reason"] == "http_500"
+    shards_before = sorted(p.name for p in (tmp_path / "out").iterdir() if p.name[0].isdigit())
+    assert shards_before == ["00000", "00001"]
+    only_timeouts = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry,
+                             quiet=True, retry_failed={"timeout"})
+    assert only_timeouts.stats["this_run"]["items"] == 0
+    still = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry,
+                     quiet=True, retry_failed={"http_5xx"})  # fails again: 3 failures asked
+    assert still.stats["this_run"]["items"] == 1
+    retried = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry,
+                       quiet=True, retry_failed=True)
+    assert retried.exit_code == 0
+    row = manifest(tmp_path / "out")["000000006"]
+    assert row["status"] == "ok" and int(row["shard"]) >= 2
+    assert (tmp_path / "out" / row["shard"] / "000000006.jpg").exists()
+    assert not (tmp_path / "out" / "failed_urls.txt").read_text().strip()
+
+
+def test_csv_gz_input_with_captions_and_kept_columns_to_files_and_parquet(server, tmp_path):
+    lines = ["url,text,license,id"] + [f"{server.url(f'img/{i}.jpg')},caption {i} é,cc-by,{i}"
+                                       for i in range(5)]
+    with gzip.open(tmp_path / "urls.csv.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    files = download(tmp_path / "urls.csv.gz", tmp_path / "files", caption_col="text",
+                     keep_cols=("license",), quiet=True, image=ImageOptions(encode="webp"))
+    assert files.exit_code == 0
+    meta = json.loads((tmp_path / "files" / "00000" / "000000002.json").read_text())
+    assert meta["caption"] == "caption 2 é" and meta["license"] == "cc-by" and meta["width"] == 400
+    assert (tmp_path / "files" / "00000" / "000000002.txt").read_text() == "caption 2 é"
+    assert (tmp_path / "files" / "00000" / "000000002.webp").exists()
+    assert manifest(tmp_path / "files")["000000002"]["kept"] == [("license", "cc-by")]
+    pq_run = download(tmp_path / "urls.csv.gz", tmp_path / "pq", caption_col="text", format="parquet",
+                      quiet=True)
+    assert pq_run.exit_code == 0
+    records = list(iter_shard(tmp_path / "pq" / "00000.parquet"))
+    assert len(records) == 5 and records[0].data[:2] == b"\xff\xd8" and records[0].caption == "caption 0 é"
+
+
+def test_options_that_change_images_need_overwrite(server, tmp_path):
+    (tmp_path / "urls.txt").write_text(server.url("img/1.jpg") + "\n")
+    download(tmp_path / "urls.txt", tmp_path / "out", quiet=True, image=ImageOptions(resize=64))
+    with pytest.raises(datamill.UsageError, match="--overwrite"):
+        download(tmp_path / "urls.txt", tmp_path / "out", quiet=True, image=ImageOptions(resize=128))
+    # concurrency and deadlines are scheduling: no refusal
+    assert download(tmp_path / "urls.txt", tmp_path / "out", quiet=True, image=ImageOptions(resize=64),
+                    fetch=FetchOptions(concurrency=8, timeout=3)).exit_code == 0
+
+
+def test_cli_download_to_files(server, tmp_path):
+    import subprocess
+    import sys
+    (tmp_path / "urls.txt").write_text("\n".join(server.url(f"img/{i}.jpg") for i in range(3)))
+    out = subprocess.run([sys.executable, "-m", "datamill", "download", str(tmp_path / "urls.txt"),
+                          str(tmp_path / "out"), "--resize", "100", "--timeout", "5"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "no_proxy": "127.0.0.1,localhost"})
+    assert out.returncode == 0, out.stderr
+    assert "whole job (urls): ok 3" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "out" / "00000").iterdir()) == [
+        "000000000.jpg", "000000000.json", "000000001.jpg", "000000001.json",
+        "000000002.jpg", "000000002.json"]
+
+
+def test_shards_a_killed_run_left_unrecorded_are_removed(server, tmp_path):
+    (tmp_path / "urls.txt").write_text("\n".join(server.url(f"img/{i}.jpg") for i in range(3)))
+    download(tmp_path / "urls.txt", tmp_path / "out", shard_size=2, format="webdataset", quiet=True)
+    out = tmp_path / "out"
+    (out / "00007.tar").write_bytes(b"left by a killed run")
+    (out / ".00008.datamill-tmp-123.tar").write_bytes(b"half written")
+    (tmp_path / "urls.txt").write_text("\n".join(server.url(f"img/{i}.jpg") for i in range(5)))
+    report = download(tmp_path / "urls.txt", out, shard_size=2, format="webdataset", quiet=True)
+    assert report.exit_code == 0
+    names = sorted(p.name for p in out.glob("*.tar*"))
+    assert names == ["00000.tar", "00001.tar", "00002.tar"]
+    assert not list(out.glob(".*datamill-tmp*"))
