@@ -120,7 +120,7 @@ def test_rerun_skips_everything_done(pathological_run):
 
 
 def test_retry_failed_recovers_into_new_shards_keeping_keys(server, tmp_path):
-    urls = [server.url(f"img/{i}.jpg") for i in range(6)] + [server.url("flaky/retry1?fail=3")]
+    urls = [server.url(f"img/{i}.jpg") for i in range(6)] + [server.url("flaky/retry1?fail=2")]
     (tmp_path / "urls.txt").write_text("\n".join(urls))
     no_retry = FetchOptions(timeout=2, retries=0)
     first = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry, quiet=True)
@@ -132,7 +132,7 @@ def test_retry_failed_recovers_into_new_shards_keeping_keys(server, tmp_path):
                              quiet=True, retry_failed={"timeout"})
     assert only_timeouts.stats["this_run"]["items"] == 0
     still = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry,
-                     quiet=True, retry_failed={"http_5xx"})  # fails again: 3 failures asked
+                     quiet=True, retry_failed={"http_5xx"})  # fails again: 2 failures asked
     assert still.stats["this_run"]["items"] == 1
     retried = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=4, fetch=no_retry,
                        quiet=True, retry_failed=True)
@@ -159,8 +159,10 @@ def test_csv_gz_input_with_captions_and_kept_columns_to_files_and_parquet(server
     pq_run = download(tmp_path / "urls.csv.gz", tmp_path / "pq", caption_col="text", format="parquet",
                       quiet=True)
     assert pq_run.exit_code == 0
-    records = list(iter_shard(tmp_path / "pq" / "00000.parquet"))
-    assert len(records) == 5 and records[0].data[:2] == b"\xff\xd8" and records[0].caption == "caption 0 é"
+    records = {r.key: r for r in iter_shard(tmp_path / "pq" / "00000.parquet")}
+    assert len(records) == 5  # in the order they arrived
+    first = records["000000000"]
+    assert first.data[:2] == b"\xff\xd8" and first.caption == "caption 0 é"
 
 
 def test_options_that_change_images_need_overwrite(server, tmp_path):
@@ -200,3 +202,14 @@ def test_shards_a_killed_run_left_unrecorded_are_removed(server, tmp_path):
     names = sorted(p.name for p in out.glob("*.tar*"))
     assert names == ["00000.tar", "00001.tar", "00002.tar"]
     assert not list(out.glob(".*datamill-tmp*"))
+
+
+def test_a_task_without_any_image_leaves_no_shard_and_fails_nothing_else(server, tmp_path):
+    (tmp_path / "urls.txt").write_text("\n".join([server.url("status/404"), server.url("html"),
+                                                  server.url("img/1.jpg")]))
+    report = download(tmp_path / "urls.txt", tmp_path / "out", shard_size=2, format="webdataset",
+                      quiet=True)
+    rows = manifest(tmp_path / "out")
+    assert [rows[k]["reason"] for k in sorted(rows)] == ["http_404", "not_image", None]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["00001.tar"]
+    assert report.counts == {"ok": 1, "filtered": 0, "failed": 2}

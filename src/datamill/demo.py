@@ -1,4 +1,4 @@
-"""`datamill demo`: generate a small media collection and run every job on it."""
+"""`datamill demo`: generate small media collections and run every job on them."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,11 @@ from pathlib import Path
 import click
 
 from .engine.run import RunOptions, run_job
+from .io.http import FetchOptions
+from .io.imageserver import ImageServer
 from .jobs.clips import ClipOptions, ClipsJob
+from .jobs.download import DownloadJob, DownloadOptions
+from .media.image import ImageOptions
 from .media.synthetic import make_corrupt_file, make_video
 
 # (relative path, frames, coded size, rotation): a tree as users have them, with a broken
@@ -33,18 +37,46 @@ def make_demo_videos(folder: Path) -> Path:
     return videos
 
 
+# Paths on the local image server whose failure the demo shows on purpose.
+DEMO_BAD_URLS = ["status/404", "html", "truncated.jpg", "tiny.jpg", "drip/1.jpg"]
+
+
+def write_demo_urls(path: Path, server: ImageServer, n: int = 200) -> Path:
+    server.warm(480, 360)
+    urls = [server.url(f"img/{i}.jpg?w=480&h=360") for i in range(n)]
+    urls += [server.url(p) for p in DEMO_BAD_URLS]
+    path.write_text("\n".join(urls) + "\n")
+    return path
+
+
 def run_demo(folder: str | os.PathLike, workers: int | None = None, quiet: bool = False) -> int:
-    """Generate the demo collection in `folder` and run each job; return the exit status."""
+    """Generate the demo collections in `folder` and run each job; return the exit status."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     echo = (lambda *a, **k: None) if quiet else click.echo
+    engine = RunOptions(workers=workers, quiet=quiet, progress_interval=2.0)
     echo(f"datamill demo: generating a small video collection in {folder / 'videos'}")
     videos = make_demo_videos(folder)
     echo("\n$ datamill clips videos clips --frames 64 --size 565x320   (the seed's job)")
-    report = run_job(ClipsJob(videos, folder / "clips", ClipOptions(frames=64, size=(565, 320))),
-                     RunOptions(workers=workers, quiet=quiet, progress_interval=2.0))
-    expected = {"unreadable": 1}
-    ok = report.counts["ok"] > 0 and report.stats["failures"] == expected
-    echo(f"\nclips: {folder / 'clips'} (one folder per video, clips named <video>_0000.mp4 ...)")
-    echo("the one failure above is intended: videos/broken.mp4 is not a video")
-    echo(f"inspect any job folder with: datamill status {folder / 'clips'}")
-    return 0 if ok else 1
+    clips = run_job(ClipsJob(videos, folder / "clips", ClipOptions(frames=64, size=(565, 320))),
+                    engine)
+    clips_ok = clips.counts["ok"] > 0 and clips.stats["failures"] == {"unreadable": 1}
+    echo(f"clips: {folder / 'clips'} (one folder per video, clips named <video>_0000.mp4 ...); "
+         "the one failure is intended: videos/broken.mp4 is not a video")
+
+    with ImageServer() as server:
+        urls = write_demo_urls(folder / "urls.txt", server)
+        echo(f"\nserving generated images and broken URLs on {server.base_url}; "
+             f"{urls} lists {len(urls.read_text().split())} of them")
+        echo("$ datamill download urls.txt images --resize 256 --min-size 100 --format webdataset "
+             "--timeout 2 --shard-size 50")
+        options = DownloadOptions(output_format="webdataset", shard_size=50,
+                                  image=ImageOptions(resize=256, min_size=100),
+                                  fetch=FetchOptions(timeout=2, retries=1, backoff=0.1))
+        images = run_job(DownloadJob(urls, folder / "images", options), engine)
+    expected = {"http_404": 1, "not_image": 1, "decode_error": 1, "timeout": 1}
+    images_ok = images.counts["ok"] == 200 and images.stats["failures"] == expected
+    echo(f"images: {folder / 'images'} (00000.tar ...); the failures and the filtered tiny image "
+         "are intended")
+    echo(f"\ninspect any job folder with: datamill status {folder / 'clips'}")
+    return 0 if clips_ok and images_ok else 1

@@ -70,15 +70,22 @@ def download_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads:
             task.advance()
         else:
             requests.append((i, url or ""))
-    with open_shard_writer(opts.output_format, dst, task.id) as writer:
-        async def fetch_and_store() -> None:
-            async for fetched in fetch_many(requests, opts.fetch):
-                results[fetched.key] = store_image(opts, writer, task.id, payloads[fetched.key],
-                                                   fetched)
-                task.advance()
+    writer = open_shard_writer(opts.output_format, dst, task.id)
+
+    async def fetch_and_store() -> None:
+        async for fetched in fetch_many(requests, opts.fetch):
+            results[fetched.key] = store_image(opts, writer, task.id, payloads[fetched.key], fetched)
+            task.advance()
+
+    try:
         asyncio.run(fetch_and_store())
-        if writer.count == 0:
-            writer.abort()
+    except BaseException:
+        writer.abort()
+        raise
+    if writer.count:
+        writer.close()
+    else:
+        writer.abort()  # no image in this task: no empty shard
     return results
 
 
