@@ -213,3 +213,42 @@ def test_a_task_without_any_image_leaves_no_shard_and_fails_nothing_else(server,
     assert [rows[k]["reason"] for k in sorted(rows)] == ["http_404", "not_image", None]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.tar")) == ["00001.tar"]
     assert report.counts == {"ok": 1, "filtered": 0, "failed": 2}
+
+
+def test_bad_input_lines_each_get_an_outcome(server, tmp_path):
+    good = server.url("img/5.jpg")
+    lines = [
+        '{"url": "%s", "text": "a"}' % good,             # 0 ok
+        '{"url": "%s", "text": "same url again"}' % good,  # 1 duplicate: its own key, same bytes
+        "{not json",                                       # 2 malformed
+        "",                                                # (empty line: skipped)
+        '{"url": "file:///etc/passwd"}',                   # 3 bad_url
+        '{"url": "ftp://example.invalid/a.jpg"}',          # 4 bad_url
+        '{"url": "http://nonexistent.invalid/a.jpg"}',     # 5 dns
+        '{"text": "no url column"}',                       # 6 missing column
+        '{"url": "%s"}' % server.url("img/7.jpg?caption=été-日本"),  # 7 non-ASCII
+        '["a", "list"]',                                   # 8 not an object
+    ]
+    (tmp_path / "urls.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = download(tmp_path / "urls.jsonl", tmp_path / "out", caption_col="text", quiet=True,
+                      fetch=FetchOptions(timeout=5, retries=0))
+    rows = manifest(tmp_path / "out")
+    got = {k: (r["status"], r["reason"]) for k, r in rows.items()}
+    assert got == {
+        "000000000": ("ok", None), "000000001": ("ok", None),
+        "000000002": ("failed", "bad_row"), "000000003": ("failed", "bad_url"),
+        "000000004": ("failed", "bad_url"), "000000005": ("failed", "dns"),
+        "000000006": ("failed", "bad_row"), "000000007": ("ok", None),
+        "000000008": ("failed", "bad_row"),
+    }
+    assert rows["000000000"]["sha256"] == rows["000000001"]["sha256"]
+    failures = {json.loads(x)["key"]: x for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()}
+    assert "no URL in column 'url'" in failures["000000006"]
+    assert report.exit_code == 1
+
+
+def test_an_empty_input_file_is_a_job_with_nothing_to_do(tmp_path):
+    (tmp_path / "urls.txt").write_text("")
+    report = download(tmp_path / "urls.txt", tmp_path / "out", quiet=True)
+    assert report.exit_code == 0 and report.counts == {"ok": 0, "filtered": 0, "failed": 0}
+    assert pq.read_table(tmp_path / "out" / "manifest.parquet").num_rows == 0
