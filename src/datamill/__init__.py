@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["pmap", "clips", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
+__all__ = ["pmap", "clips", "download", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
            "UsageError", "__version__"]
 
 
@@ -22,4 +22,7 @@ def __getattr__(name: str):
     if name == "clips":
         from .jobs.clips import clips
         return clips
+    if name == "download":
+        from .jobs.download import download
+        return download
     raise AttributeError(f"module 'datamill' has no attribute {name!r}")
