@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["pmap", "clips", "download", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
+__all__ = ["pmap", "clips", "download", "dedup", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
            "UsageError", "__version__"]
 
 
@@ -22,6 +22,9 @@ def __getattr__(name: str):
     if name == "clips":
         from .jobs.clips import clips
         return clips
+    if name == "dedup":
+        from .jobs.dedup import dedup
+        return dedup
     if name == "download":
         from .jobs.download import download
         return download

@@ -185,6 +185,44 @@ def download(urls: str, dst: str, **kw: Any) -> None:
 
 
 @main.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--hash", "hash_kind", type=click.Choice(["phash", "dhash", "ahash", "whash"]), default="phash",
+              show_default=True, help="Perceptual hash (phash is bit-for-bit imagehash's).")
+@click.option("--fast", is_flag=True, help="Decode JPEGs at reduced scale for hashing (faster; see the README).")
+@click.option("--threshold", type=click.IntRange(0, 32), default=8, show_default=True,
+              help="Largest Hamming distance between near duplicates (0: exact perceptual match).")
+@click.option("--keep", type=click.Choice(["largest", "first", "oldest", "newest"]), default="largest",
+              show_default=True, help="Which image of a group is kept.")
+@click.option("--action", type=click.Choice(["report", "copy", "hardlink", "symlink", "move-duplicates"]),
+              default="report", show_default=True,
+              help="report: touch nothing; copy/hardlink/symlink the survivors into DST; move the duplicates to --move-to.")
+@click.option("--move-to", type=click.Path(), help="Where --action move-duplicates puts them (mirroring SRC).")
+@click.option("--report", "report_path", default="report.html", show_default=True,
+              help="HTML report of the groups (relative to DST).")
+@click.option("--no-report", is_flag=True, help="Write no HTML report.")
+@click.option("--min-size", type=click.IntRange(min=1), help="Filter images whose short side is smaller (too_small).")
+@click.option("--min-bytes", type=click.IntRange(min=0), help="Filter files smaller than this (too_small).")
+@click.option("--against", type=click.Path(), help="Also drop images that duplicate this reference (a folder or a dedup DST).")
+@click.option("--ext", "extensions", multiple=True, callback=_extensions,
+              help="Image extensions, comma-separated (default: jpg,jpeg,png,webp,gif,bmp,tif,tiff).")
+@engine_options
+def dedup(src: str, dst: str, **kw: Any) -> None:
+    """Find exact and near-duplicate images under SRC: groups, report and survivors in DST.
+
+    Rerunning after adding images hashes only the new ones; changing --threshold, --keep or
+    --action regroups from the stored hashes (no --overwrite needed).
+    """
+    from .jobs.dedup import IMAGE_EXTENSIONS, DedupJob, DedupOptions
+    opts = run_options(kw)
+    job_opts = DedupOptions(hash=kw["hash_kind"], fast=kw["fast"], threshold=kw["threshold"],
+                            keep=kw["keep"], action=kw["action"], move_to=kw["move_to"],
+                            report=None if kw["no_report"] else kw["report_path"],
+                            min_size=kw["min_size"], min_bytes=kw["min_bytes"], against=kw["against"])
+    execute(lambda: DedupJob(src, dst, job_opts, kw["extensions"] or IMAGE_EXTENSIONS), opts)
+
+
+@main.command()
 @click.argument("folder", type=click.Path(), default="datamill-demo")
 @click.option("--workers", type=click.IntRange(min=1))
 @click.option("--quiet", "-q", is_flag=True)
