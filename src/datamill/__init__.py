@@ -5,7 +5,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .engine.errors import Filtered, ItemError, UsageError
 from .engine.pmap import pmap
-from .engine.run import RunOptions, RunReport
 from .engine.scheduler import Result
 
 try:
@@ -18,7 +17,10 @@ __all__ = ["pmap", "clips", "download", "dedup", "Result", "RunOptions", "RunRep
 
 
 def __getattr__(name: str):
-    # jobs load their media libraries (PyAV...) only when asked for
+    # jobs and the run loop load PyAV, NumPy, PyArrow only when asked for
+    if name in ("RunOptions", "RunReport"):
+        from .engine import run
+        return getattr(run, name)
     if name == "clips":
         from .jobs.clips import clips
         return clips

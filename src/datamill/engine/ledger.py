@@ -24,6 +24,7 @@ CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, started REAL, ended REAL, status TEXT, argv TEXT, stats TEXT
 );
 """
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per record
 _COLUMNS = ("key", "stage", "status", "reason", "error_type", "message", "traceback", "attempts",
             "source", "size", "mtime", "records", "seconds", "run", "updated")
 
@@ -91,7 +92,7 @@ class Ledger:
                traceback: str | None = None, attempts: int = 1, source: str | None = None,
                size: int | None = None, mtime: float | None = None, records: Any = None,
                seconds: float = 0.0, run: int = 0) -> None:
-        rec = None if records is None else json.dumps(records, separators=(",", ":"))
+        rec = None if records is None else _ENCODE(records)
         self._buffer.append((key, stage, status, reason, error_type, message, traceback, attempts,
                              source, size, mtime, rec, seconds, run, time.time()))
         if (len(self._buffer) >= self._flush_rows

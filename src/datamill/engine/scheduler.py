@@ -50,7 +50,7 @@ class Scheduler:
 
     def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
                  *, retries: int = 1, timeout: float | None = None, batch_size: int | None = None,
-                 max_batch: int = 4096, task_seconds: float = 0.05, first_task_id: int = 0,
+                 max_batch: int = 4096, task_seconds: float = 0.01, first_task_id: int = 0,
                  on_poll: Callable[[], None] | None = None):
         self.executor = executor
         self.runner = runner
