@@ -212,7 +212,7 @@ main { padding: 14px 28px 40px; display: grid; gap: 14px; }
 figcaption { margin-top: 5px; font-size: 12px; }
 figcaption .name, figcaption .dir { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 figcaption .name { font-weight: 600; }
-figcaption .dir { color: var(--muted); direction: rtl; text-align: left; unicode-bidi: plaintext; }
+figcaption .dir { color: var(--muted); direction: rtl; text-align: left; }
 figcaption .meta { color: var(--muted); font-variant-numeric: tabular-nums; }
 </style>
 <script>
@@ -254,7 +254,9 @@ var DM = (function () {
     cap.title = m.path;
     var slash = m.path.lastIndexOf("/");
     cap.appendChild(el("div", "name", m.path.slice(slash + 1)));
-    cap.appendChild(el("div", "dir", slash >= 0 ? m.path.slice(0, slash + 1) : "\u00a0"));
+    var dir = el("div", "dir");  // right-to-left so that a long folder loses its start, not its end
+    dir.appendChild(el("bdi", "", slash >= 0 ? m.path.slice(0, slash + 1) : "\u00a0"));
+    cap.appendChild(dir);
     var info = el("div", "meta", m.width + "\u00d7" + m.height + " \u00b7 " + size(m.bytes));
     info.title = num(m.bytes) + " bytes \u00b7 phash " + m.phash;
     cap.appendChild(info);
@@ -278,7 +280,7 @@ var DM = (function () {
   function show(k) {
     k = Math.min(Math.max(1, k), loaded);
     var main = $("groups");
-    var data = {groups: []}; for (var i = 1; i <= loaded; i++) data.groups = data.groups.concat(JSON.parse($("dm-page-" + i).textContent).groups);
+    var data = JSON.parse($("dm-page-" + k).textContent);
     var frag = document.createDocumentFragment();
     data.groups.forEach(function (g) { frag.appendChild(group(g)); });
     main.replaceChildren(frag);
