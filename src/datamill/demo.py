@@ -10,9 +10,10 @@ from .engine.run import RunOptions, run_job
 from .io.http import FetchOptions
 from .io.imageserver import ImageServer
 from .jobs.clips import ClipOptions, ClipsJob
+from .jobs.dedup import DedupJob, DedupOptions
 from .jobs.download import DownloadJob, DownloadOptions
 from .media.image import ImageOptions
-from .media.synthetic import make_corrupt_file, make_video
+from .media.synthetic import make_corrupt_file, make_scene, make_video
 
 # (relative path, frames, coded size, rotation): a tree as users have them, with a broken
 # file, a file that is not a video, an uppercase extension, spaces and non-ASCII in names.
@@ -49,6 +50,26 @@ def write_demo_urls(path: Path, server: ImageServer, n: int = 200) -> Path:
     return path
 
 
+def make_demo_photos(folder: Path, n: int = 40) -> Path:
+    """A photo folder with known duplicates: every fourth photo has a half-size copy, a
+    recompressed copy and a byte-identical copy elsewhere in the tree."""
+    from PIL import Image
+    photos = folder / "photos"
+    for i in range(n):
+        path = photos / f"trip-{i // 10}" / f"IMG_{i:04d}.jpg"
+        if path.exists():
+            continue
+        make_scene(path, size=(640, 480), seed=i, quality=92)
+        if i % 4 == 0:
+            img = Image.open(path).convert("RGB")
+            (photos / "shared").mkdir(parents=True, exist_ok=True)
+            img.resize((320, 240)).save(photos / "shared" / f"IMG_{i:04d}-small.jpg", quality=90)
+            img.save(photos / "shared" / f"IMG_{i:04d}-q60.jpg", quality=60)
+            (photos / "backup").mkdir(exist_ok=True)
+            (photos / "backup" / f"IMG_{i:04d}.jpg").write_bytes(path.read_bytes())
+    return photos
+
+
 def run_demo(folder: str | os.PathLike, workers: int | None = None, quiet: bool = False) -> int:
     """Generate the demo collections in `folder` and run each job; return the exit status."""
     folder = Path(folder)
@@ -78,5 +99,11 @@ def run_demo(folder: str | os.PathLike, workers: int | None = None, quiet: bool 
     images_ok = images.counts["ok"] == 200 and images.stats["failures"] == expected
     echo(f"images: {folder / 'images'} (00000.tar ...); the failures and the filtered tiny image "
          "are intended")
+
+    photos = make_demo_photos(folder)
+    echo(f"\n$ datamill dedup photos dedup   ({photos}: 40 photos, 10 of them copied 3 ways)")
+    found = run_job(DedupJob(photos, folder / "dedup", DedupOptions()), engine)
+    dedup_ok = found.exit_code == 0 and found.counts["ok"] == 70
+    echo(f"dedup: open {folder / 'dedup' / 'report.html'} in a browser to see the groups")
     echo(f"\ninspect any job folder with: datamill status {folder / 'clips'}")
-    return 0 if clips_ok and images_ok else 1
+    return 0 if clips_ok and images_ok and dedup_ok else 1

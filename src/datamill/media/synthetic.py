@@ -353,3 +353,33 @@ def make_bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     rows = zlib.compress(bytes((1 + 3 * width) * 4), 9)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def make_scene(path: str | os.PathLike | None, size: tuple[int, int] = (640, 480), seed: int = 0,
+               quality: int = 90) -> bytes:
+    """A JPEG of a random scene (background gradient, a few dozen coloured shapes): unlike
+    `draw_image`'s patterns, scenes of different seeds have unrelated perceptual hashes, as
+    different photos do.  With a `path`, the bytes are also written there."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    width, height = size
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0.0, 1.0, height)[:, None, None]
+    background = (top * (1 - ramp) + bottom * ramp).astype(np.uint8)
+    image = Image.fromarray(np.broadcast_to(background, (height, width, 3)).copy())
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(12, 40))):
+        x0, x1 = sorted(rng.integers(0, width, 2))
+        y0, y1 = sorted(rng.integers(0, height, 2))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1 + 4, y1 + 4), fill=color)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    data = buffer.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data
