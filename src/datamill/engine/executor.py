@@ -51,6 +51,11 @@ class Executor(ABC):
     def poll(self, timeout: float) -> list[Done]:
         """Wait up to `timeout` seconds; return the tasks that finished or crashed."""
 
+    def set_prefetch(self, tasks_per_worker: int) -> None:
+        """How many tasks a worker may hold (running plus queued); a hint, default ignored.
+        Queued tasks hide the driver's latency for short tasks but pin long ones to a
+        worker before another is free: the scheduler asks for 1 when tasks are long."""
+
     def in_progress(self) -> int:
         """Items finished inside tasks still running (batch runners report them); for progress."""
         return 0

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from .executor import Executor, TaskEncodingError, WorkerInitError
 from .task import Crash, Done, TaskRunner, error_info, picklable_results
 
-PREFETCH = 2  # tasks held by one worker: one running, one ready to start
+PREFETCH = 2  # tasks held by one worker for short tasks: one running, one ready to start
 _FIELDS = 4  # per worker in the status array: task id, item index, item start (monotonic),
 # items a batch has finished so far
 
@@ -80,6 +80,7 @@ class LocalExecutor(Executor):
         self._timeout: float | None = None
         self._status = None
         self._stopping = None
+        self._prefetch = PREFETCH
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self, runner: TaskRunner, timeout: float | None = None) -> None:
@@ -131,8 +132,11 @@ class LocalExecutor(Executor):
         w.tasks.close()
 
     # -- scheduling -----------------------------------------------------------------------
+    def set_prefetch(self, tasks_per_worker: int) -> None:
+        self._prefetch = max(1, tasks_per_worker)
+
     def free_slots(self) -> int:
-        return sum(PREFETCH - len(w.held) for w in self._workers)
+        return sum(max(0, self._prefetch - len(w.held)) for w in self._workers)
 
     def in_progress(self) -> int:
         return sum(int(self._status[w.slot * _FIELDS + 3]) for w in self._workers

@@ -17,6 +17,9 @@ from .executor import Executor, TaskEncodingError
 from .task import FAILED, FILTERED, OK, Crash, Done, ErrorInfo, TaskRunner, WorkItem
 
 
+LONG_TASK_SECONDS = 0.2  # tasks longer than this are not queued behind a running one
+
+
 @dataclass(slots=True)
 class Result:
     """How one item ended: `status` is ok, filtered or failed.
@@ -62,6 +65,7 @@ class Scheduler:
         self._max_batch = max_batch
         self._task_seconds = task_seconds
         self._per_item: float | None = None
+        self._task_seconds_seen: float | None = None
         self._ids = itertools.count(first_task_id)
         self.next_task_id = first_task_id
         self._exact: deque[list[WorkItem]] = deque()  # tasks to run exactly as they are
@@ -76,6 +80,8 @@ class Scheduler:
     def __iter__(self) -> Iterator[Result]:
         if not self._started:
             self.executor.start(self.runner, self.timeout)
+            if self._fixed_batch == 1:  # the job says its items are heavy: balance, not pin
+                self.executor.set_prefetch(1)
             self._started = True
         while True:
             yield from self._fill()
@@ -151,6 +157,9 @@ class Scheduler:
             yield from self._crashed(task, done.crash)
             return
         self._adapt(len(task), done.seconds)
+        self._task_seconds_seen = (done.seconds if self._task_seconds_seen is None
+                                   else 0.7 * self._task_seconds_seen + 0.3 * done.seconds)
+        self.executor.set_prefetch(1 if self._task_seconds_seen > LONG_TASK_SECONDS else 2)
         each = done.seconds / len(task)
         for w, (status, value, extra) in zip(task, done.results):
             w.attempts += 1
