@@ -50,3 +50,11 @@ def test_status_summarises_a_job_folder_without_running(tmp_path):
     assert "run 1" in out.stdout
     assert sorted(p.name for p in dst.iterdir()) == before
     assert datamill("status", str(tmp_path)).returncode == 2
+
+
+def test_ray_options_without_the_ray_executor_are_a_usage_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    out = datamill("clips", str(src), str(tmp_path / "out"), "--ray-address", "auto")
+    assert out.returncode == 2 and "go with --executor ray" in out.stderr
+    assert not (tmp_path / "out" / "_datamill" / "state.sqlite").exists()

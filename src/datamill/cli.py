@@ -21,6 +21,8 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--executor", type=click.Choice(EXECUTORS), default="local", show_default=True,
                      help="serial: in this process (for pdb); local: worker processes; ray: a Ray cluster."),
         click.option("--ray-address", help="Ray cluster address for --executor ray (auto, ray://host:port)."),
+        click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True),
+                     help="CPUs Ray reserves for each task (--executor ray; default 1)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
         click.option("--overwrite", is_flag=True, help="Redo everything when options that change results differ from DST's."),
         click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[CLASSES]",
@@ -40,6 +42,7 @@ def run_options(kw: dict[str, Any]) -> RunOptions:
     retry = kw.pop("retry_failed")
     return RunOptions(
         workers=kw.pop("workers"), executor=kw.pop("executor"), ray_address=kw.pop("ray_address"),
+        cpus_per_task=kw.pop("cpus_per_task"),
         quiet=kw.pop("quiet"), overwrite=kw.pop("overwrite"), limit=kw.pop("limit"),
         dry_run=kw.pop("dry_run"), timeout=kw.pop("timeout"), retries=kw.pop("retries"),
         retry_failed=(True if retry == "all" else set(retry.split(","))) if retry else False,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
 from .errors import SystemicFailure, UsageError
-from .executor import WorkerInitError, get_executor
+from .executor import Executor, WorkerInitError, get_executor
 from .job import Item, Job
 from .ledger import Ledger
 from .progress import Progress
@@ -46,6 +46,7 @@ class RunOptions:
     progress_interval: float = 10.0
     grace: float = 5.0
     ray_address: str | None = None
+    cpus_per_task: float | None = None
     argv: list[str] = field(default_factory=list)
 
 
@@ -72,14 +73,30 @@ def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
     """Run `job` to completion (or to a stop); raises UsageError for a bad request."""
     opts = opts or RunOptions()
     job.validate()
+    executor = None if opts.dry_run else make_executor(opts)
     ledger = Ledger(state_path(job.dst))
     try:
         check_fingerprint(ledger, job, opts.overwrite)
-        if opts.dry_run:
+        if executor is None:
             return _dry_run(job, opts, ledger)
-        return _Run(job, opts, ledger).run()
+        return _Run(job, opts, ledger).run(executor)
     finally:
         ledger.close()
+
+
+def make_executor(opts: RunOptions) -> Executor:
+    """The executor the options ask for; a missing optional dependency is a usage error."""
+    extra: dict[str, Any] = {}
+    if opts.ray_address:
+        extra["address"] = opts.ray_address
+    if opts.cpus_per_task is not None:
+        extra["cpus_per_task"] = opts.cpus_per_task
+    if extra and opts.executor != "ray":
+        raise UsageError("--ray-address and --cpus-per-task go with --executor ray")
+    try:
+        return get_executor(opts.executor, opts.workers, **extra)
+    except ImportError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def check_fingerprint(ledger: Ledger, job: Job, overwrite: bool) -> None:
@@ -153,14 +170,12 @@ class _Run:
                    for c in rf)
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self) -> RunReport:
+    def run(self, executor: Executor) -> RunReport:
         run_id = self.ledger.begin_run(self.opts.argv or sys.argv)
         self.job.prepare(self.ledger)
         started = time.time()
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
-        executor = get_executor(self.opts.executor, self.opts.workers,
-                                **({"address": self.opts.ray_address} if self.opts.ray_address else {}))
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
                                retries=self.opts.retries,
                                timeout=self.job.task_timeout(self.opts.timeout),

@@ -28,7 +28,7 @@ from ..engine.errors import Filtered, UsageError
 from ..engine.job import Item, Job
 from ..engine.task import TaskRunner
 from ..io.sources import WalkStats, walk_files
-from ..media.hash_index import near_pairs, pairs_against, union_find_groups
+from ..media.hash_index import near_groups, pairs_against
 from ..media.hashes import HASH_KINDS, hamming, hash_image, to_hex
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -115,23 +115,10 @@ class _Collection:
 
 
 def group_images(c: _Collection, threshold: int) -> np.ndarray:
-    """Group id per image: exact copies (sha256) and near copies (Hamming <= threshold)."""
-    n = len(c)
-    ii: list[np.ndarray] = []
-    jj: list[np.ndarray] = []
-    first_of: dict[str, int] = {}
-    exact_i, exact_j = [], []
-    for idx, digest in enumerate(c.sha256):
-        j = first_of.setdefault(digest, idx)
-        if j != idx:
-            exact_i.append(j)
-            exact_j.append(idx)
-    ii.append(np.array(exact_i, np.int64))
-    jj.append(np.array(exact_j, np.int64))
-    pi, pj, _ = near_pairs(c.hashes, threshold)
-    ii.append(pi.astype(np.int64))
-    jj.append(pj.astype(np.int64))
-    return union_find_groups(n, np.concatenate(ii), np.concatenate(jj))
+    """Group id per image: near copies (Hamming <= threshold), streamed into union-find so
+    that memory stays bounded even when millions of hashes cluster.  Exact copies (same
+    sha256) have the same hash, so they are grouped too."""
+    return near_groups(c.hashes, threshold)
 
 
 def choose_kept(c: _Collection, members: np.ndarray, policy: str) -> int:
