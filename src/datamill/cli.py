@@ -193,7 +193,7 @@ def download(urls: str, dst: str, **kw: Any) -> None:
 @click.option("--hash", "hash_kind", type=click.Choice(["phash", "dhash", "ahash", "whash"]), default="phash",
               show_default=True, help="Perceptual hash (phash is bit-for-bit imagehash's).")
 @click.option("--fast", is_flag=True, help="Decode JPEGs at reduced scale for hashing (faster; see the README).")
-@click.option("--threshold", type=click.IntRange(0, 32), default=8, show_default=True,
+@click.option("--threshold", type=click.IntRange(0, 32), default=6, show_default=True,
               help="Largest Hamming distance between near duplicates (0: exact perceptual match).")
 @click.option("--keep", type=click.Choice(["largest", "first", "oldest", "newest"]), default="largest",
               show_default=True, help="Which image of a group is kept.")

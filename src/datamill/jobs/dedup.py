@@ -34,7 +34,7 @@ from ..media.hashes import HASH_KINDS, hamming, hash_image, to_hex
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 KEEP_POLICIES = ("largest", "first", "oldest", "newest")
 ACTIONS = ("report", "copy", "hardlink", "symlink", "move-duplicates")
-DEFAULT_THRESHOLD = 8
+DEFAULT_THRESHOLD = 6  # bench/dedup.py: the largest meeting P >= 0.99, R >= 0.95 (see BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
