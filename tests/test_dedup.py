@@ -196,3 +196,25 @@ def test_an_unreadable_file_fails_with_its_reason(tmp_path):
     m = manifest(base / "dst")
     assert m["secret.jpg"]["reason"] == "permission_denied"
     assert m["ok.jpg"]["status"] == "ok"
+
+
+def test_size_filters_and_time_based_keep_policies(collection, tmp_path):
+    small = collection / "other" / "thumb.jpg"
+    make_image(small, size=(60, 40), seed=300)
+    dst = tmp_path / "dst"
+    datamill.dedup(collection, dst, quiet=True, min_size=100, min_bytes=10)
+    m = manifest(dst)
+    assert (m["other/thumb.jpg"]["status"], m["other/thumb.jpg"]["reason"]) == ("filtered", "too_small")
+    assert m["set0/half.jpg"]["reason"] == "duplicate"  # 320x240 passes --min-size 100
+    by_bytes = datamill.dedup(collection, tmp_path / "b", quiet=True, min_bytes=10**9)
+    assert by_bytes.counts["filtered"] == len(m) and by_bytes.counts["ok"] == 0
+    # oldest / newest follow modification times
+    for n in range(3):
+        for age, name in enumerate(["half.jpg", "as.png", "recompressed.jpg", "original.jpg",
+                                    "copy of original.jpg"]):
+            os.utime(collection / f"set{n}" / name, (1_000_000 + age, 1_000_000 + age))
+    for policy, expected in (("oldest", "half.jpg"), ("newest", "copy of original.jpg")):
+        out = tmp_path / policy
+        datamill.dedup(collection, out, quiet=True, keep=policy)
+        kept = {r["path"] for r in pq.read_table(out / "groups.parquet").to_pylist() if r["kept"]}
+        assert kept == {f"set{n}/{expected}" for n in range(3)}, policy
