@@ -12,7 +12,6 @@ works); task payloads and results are pickled.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import pickle
 import signal
 import time

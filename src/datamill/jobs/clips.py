@@ -20,9 +20,9 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from ..engine.errors import UsageError
-from ..engine.job import Item, Job
+from ..engine.job import Item
 from ..engine.task import TaskRunner
-from ..io.sources import WalkStats, walk_files
+from .tree import TreeJob
 from ..media.video import (ClipSpec, ClipTask, VideoError, cut_clips, output_size,
                            plan_clip_tasks, probe_video)
 
@@ -161,8 +161,9 @@ def task_from_json(d: dict) -> ClipTask:
                     keyframes=tuple(tuple(k) for k in d["keyframes"]))
 
 
-class ClipsJob(Job):
+class ClipsJob(TreeJob):
     name = "clips"
+    kind = "videos"
     final_stage = "cut"
     unit = "task"
     manifest_fields = [
@@ -176,26 +177,11 @@ class ClipsJob(Job):
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike,
                  options: ClipOptions | None = None, extensions: tuple[str, ...] = VIDEO_EXTENSIONS):
-        super().__init__(src, dst)
-        self.opts = options or ClipOptions()
-        self.extensions = extensions
-        self.walk = WalkStats()
+        super().__init__(src, dst, options or ClipOptions(), extensions)
         self._warned_sizes: set[str] = set()
 
-    def validate(self) -> None:
-        self.opts.validate()
-        super().validate()
-        if not self.src.is_dir():
-            raise UsageError(f"SRC must be a folder of videos: {self.src}")
-
-    def fingerprint(self) -> dict:
-        return self.opts.fingerprint()
-
-    def options(self) -> dict:
-        return {**dataclasses.asdict(self.opts), "extensions": list(self.extensions)}
-
     def items(self) -> Iterator[Item]:
-        for e in walk_files(self.src, self.extensions, self.walk):
+        for e in self.files():
             yield Item(e.rel, ("plan", e.path), stage="plan", source=e.path, size=e.size,
                        mtime=e.mtime)
 
@@ -229,11 +215,8 @@ class ClipsJob(Job):
         partial = sum(1 for s in by_video.values() if len(s) == 2)
         lines = [f"clips: {written} written" + (f", {failed} failed" if failed else ""),
                  f"videos: {videos} found, {readable} readable"
-                 + (f", {partial} partial (clips after damage failed)" if partial else "")
-                 + (f"; {self.walk.other_files} other files ignored" if self.walk.other_files else "")]
-        if self.walk.error_count:
-            lines.append(f"walk: {self.walk.error_count} paths skipped (e.g. "
-                         f"{self.walk.errors[0][0]}: {self.walk.errors[0][1]})")
+                 + (f", {partial} partial (clips after damage failed)" if partial else "")]
+        lines += self.walk_lines()
         for note in sorted(self._warned_sizes):
             lines.append(f"size: {note}")
         return lines

@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 from ..engine.atomic import atomic_path
 from ..engine.errors import Filtered, UsageError
-from ..engine.job import Item, Job
+from ..engine.job import Item
 from ..engine.task import TaskRunner
-from ..io.sources import WalkStats, walk_files
+from .tree import TreeJob
 from ..media.hash_index import near_groups, pairs_against
 from ..media.hashes import HASH_KINDS, hamming, hash_image, to_hex
 
@@ -135,8 +135,9 @@ def choose_kept(c: _Collection, members: np.ndarray, policy: str) -> int:
     return int(members[order[0]])
 
 
-class DedupJob(Job):
+class DedupJob(TreeJob):
     name = "dedup"
+    kind = "images"
     unit = "image"
     batch_size = None  # hashing one image takes milliseconds: let the engine batch
     manifest_fields = [
@@ -150,17 +151,11 @@ class DedupJob(Job):
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike,
                  options: DedupOptions | None = None,
                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
-        super().__init__(src, dst)
-        self.opts = options or DedupOptions()
-        self.extensions = extensions
-        self.walk = WalkStats()
+        super().__init__(src, dst, options or DedupOptions(), extensions)
         self.result: dict[str, Any] = {}
 
     def validate(self) -> None:
-        self.opts.validate()
         super().validate()
-        if not self.src.is_dir():
-            raise UsageError(f"SRC must be a folder of images: {self.src}")
         if self.opts.move_to is not None:
             move_to = Path(self.opts.move_to).resolve()
             if move_to == self.src.resolve() or self.src.resolve() in move_to.parents:
@@ -168,14 +163,8 @@ class DedupJob(Job):
         if self.opts.against is not None and not Path(self.opts.against).is_dir():
             raise UsageError(f"--against must be a folder of images or a dedup DST: {self.opts.against}")
 
-    def fingerprint(self) -> dict:
-        return self.opts.fingerprint()
-
-    def options(self) -> dict:
-        return {**dataclasses.asdict(self.opts), "extensions": list(self.extensions)}
-
     def items(self) -> Iterator[Item]:
-        for e in walk_files(self.src, self.extensions, self.walk):
+        for e in self.files():
             yield Item(e.rel, (e.path, e.size), source=e.path, size=e.size, mtime=e.mtime)
 
     def runner(self) -> TaskRunner:
@@ -335,8 +324,7 @@ class DedupJob(Job):
             lines.append(f"against {self.opts.against}: {r['against']} images duplicate it")
         lines.append(f"groups: {self.dst / 'groups.parquet'}"
                      + (f"; report: {self.dst / self.opts.report}" if self.opts.report else ""))
-        if self.walk.other_files:
-            lines.append(f"{self.walk.other_files} other files ignored")
+        lines += self.walk_lines()
         return lines
 
 

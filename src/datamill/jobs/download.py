@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa

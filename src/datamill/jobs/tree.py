@@ -1,0 +1,51 @@
+"""What jobs over a folder tree share: options with a fingerprint, a walk by extension, and
+the walk's counts in the summary (clips over videos, dedup over images)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator
+
+from ..engine.errors import UsageError
+from ..engine.job import Job
+from ..io.sources import FileEntry, WalkStats, walk_files
+
+
+class TreeJob(Job):
+    """A job whose items are the files of SRC with some extensions.  Subclasses set `kind`
+    (what the files are, for messages) and pass their options, which must be a dataclass
+    with `validate()` and `fingerprint()`."""
+
+    kind = "files"
+
+    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike, options: Any,
+                 extensions: tuple[str, ...]):
+        super().__init__(src, dst)
+        self.opts = options
+        self.extensions = extensions
+        self.walk = WalkStats()
+
+    def validate(self) -> None:
+        self.opts.validate()
+        super().validate()
+        if not self.src.is_dir():
+            raise UsageError(f"SRC must be a folder of {self.kind}: {self.src}")
+
+    def fingerprint(self) -> dict:
+        return self.opts.fingerprint()
+
+    def options(self) -> dict:
+        return {**dataclasses.asdict(self.opts), "extensions": list(self.extensions)}
+
+    def files(self) -> Iterator[FileEntry]:
+        return walk_files(self.src, self.extensions, self.walk)
+
+    def walk_lines(self) -> list[str]:
+        """What the walk passed over, for the summary."""
+        lines = []
+        if self.walk.other_files:
+            lines.append(f"{self.walk.other_files} other files ignored")
+        if self.walk.error_count:
+            path, reason = self.walk.errors[0]
+            lines.append(f"walk: {self.walk.error_count} paths skipped (e.g. {path}: {reason})")
+        return lines
