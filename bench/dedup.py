@@ -344,6 +344,7 @@ def speed(files: list[Path], repeat: int) -> tuple[list[dict], dict]:
         "datamill hash_image(p, fast=True)": lambda: [hash_image(p, fast=True) for p in paths],
         "datamill hash_images(paths)  (exact, batches)": lambda: hash_images(paths),
         "datamill hash_images(paths, fast=True)": lambda: hash_images(paths, fast=True),
+        "floor: decode only, gray at 1/8 scale (no hash)": lambda: [_draft_decode(p) for p in paths],
     }
     for fn in methods.values():  # warm up: imports, page cache
         fn()
@@ -356,7 +357,7 @@ def speed(files: list[Path], repeat: int) -> tuple[list[dict], dict]:
             cpu = time.process_time() - cpu
             wall, others = measure.stop()
             runs[name].append({"wall": wall, "cpu": cpu, "others": others})
-    list_file = DATA / "speed-files.txt"
+    list_file = DATA / "speed-files.txt"  # rewritten for each set
     list_file.write_text("\n".join(paths))
     idd = run_imagededup(["hash", str(list_file), str(repeat)])
     if "runs" in idd:
@@ -365,6 +366,33 @@ def speed(files: list[Path], repeat: int) -> tuple[list[dict], dict]:
              "cpu": median([r["cpu"] for r in rs]),
              "others": median([r["others"] for r in rs]) if rs[0]["others"] is not None else None}
             for name, rs in runs.items()], idd
+
+
+def _draft_decode(path: str) -> None:
+    """What no JPEG hash can avoid: libjpeg's entropy decoding (here with the cheapest
+    output, gray at 1/8 scale)."""
+    from PIL import Image
+    with Image.open(path) as img:
+        img.draft("L", (img.width // 8, img.height // 8))
+        img.load()
+
+
+def textured_set(n: int) -> list[Path]:
+    """n 640x480 JPEGs (q90) of scenes with photo-like texture (noise at two scales, as
+    tests/test_hashes.py's photos): larger files, more entropy decoding (cached)."""
+    from PIL import Image
+    root = DATA / "speed-textured"
+    paths = [root / f"t{k:04d}.jpg" for k in range(n)]
+    if all(p.exists() for p in paths):
+        return paths
+    root.mkdir(parents=True, exist_ok=True)
+    for k, path in enumerate(paths):
+        rng = np.random.default_rng(k)
+        coarse = np.kron(rng.normal(0, 12, (480 // 8, 640 // 8)), np.ones((8, 8)))
+        texture = coarse + rng.normal(0, 6, (480, 640))
+        picture = np.asarray(draw_scene(SEED + k)[0], dtype=np.float64) + texture[..., None]
+        path.write_bytes(_encode(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)), quality=90))
+    return paths
 
 
 def speed_table(rows: list[dict]) -> str:
@@ -819,11 +847,15 @@ def main() -> None:
               f"in {IMAGEDEDUP_VENV}", flush=True)
 
     if "speed" in parts:
-        originals = [root / t["name"] for t in truth if t["kind"] == "original" and t["name"].endswith(".jpg")]
-        rows, _ = speed(originals[: SIZES["speed_files"][quick]], repeat)
-        print(f"\n### Hashing speed, one process (per core): {rows[0]['n']} generated 640x480 JPEGs "
-              f"(q90), phash, median of {repeat}\n", flush=True)
-        print(speed_table(rows), flush=True)
+        n = SIZES["speed_files"][quick]
+        scenes = [root / t["name"] for t in truth if t["kind"] == "original" and t["name"].endswith(".jpg")][:n]
+        for label, files in (("scenes (the collection's originals: flat shapes)", scenes),
+                             ("textured scenes (the same plus noise at two scales, like photos)", textured_set(n))):
+            rows, _ = speed(files, repeat)
+            kb = sum(f.stat().st_size for f in files) / len(files) / 1000
+            print(f"\n### Hashing speed, one process (per core): {len(files)} 640x480 JPEGs q90, {label}, "
+                  f"{kb:.0f} kB each on average; phash, median of {repeat}\n", flush=True)
+            print(speed_table(rows), flush=True)
 
     j = None
     if "job" in parts or "pairs" in parts:
