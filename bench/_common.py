@@ -79,3 +79,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
                      + [line(r) for r in cells[1:]])
+
+
+def machine_busy_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (all cores) since boot."""
+    import psutil
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+
+def wait_until_quiet(max_wait: float, threshold: float = 15.0) -> float:
+    """Wait (at most `max_wait` s) until other work uses < `threshold`% of the machine's CPU
+    for a second; return the seconds waited."""
+    import psutil
+    start = time.monotonic()
+    while time.monotonic() - start < max_wait and psutil.cpu_percent(interval=1.0) >= threshold:
+        pass
+    return time.monotonic() - start
