@@ -24,8 +24,8 @@ so ratios compare like with like on a noisy, shared machine.
    original), by Hamming threshold, for datamill exact and fast and imagededup's PHash (its
    own hashes; its own find_duplicates at its default max_distance_threshold=10 and at 8);
    per transformation at the default threshold.
-4. Search: near_pairs on 1,000,000 hashes at threshold 8, each run in a fresh process (peak
-   RSS = its VmHWM): uniformly random hashes, and clustered ones (real phashes of generated
+4. Search: near_pairs on 1,000,000 hashes at threshold 8 (and near_groups, the job's path),
+   each run in a fresh process (peak RSS = its VmHWM): uniformly random hashes, and clustered ones (real phashes of generated
    scenes, each replicated with 4-12 random bits flipped), both with planted pairs (1-8 bits
    apart) that must all be found; and imagededup's find_duplicates (brute force) beside it on
    5,000 and 100,000 hashes, the latter stopped at a time cap and projected from its own
@@ -707,17 +707,26 @@ def search_set(kind: str, n: int, quick: bool) -> Path:
     return path
 
 
-def search_child(npz: str, n: int) -> None:
-    """In a fresh process: near_pairs on the set; time, peak RSS, planted pairs found, and a
-    brute-force check of the pairs of 200 random hashes."""
-    from datamill.media.hash_index import near_pairs
+def search_child(npz: str, n: int, function: str) -> None:
+    """In a fresh process: near_pairs (or near_groups) on the set; time, peak RSS, planted
+    pairs found, and (near_pairs) a brute-force check of the pairs of 200 random hashes."""
+    from datamill.media import hash_index
     data = np.load(npz)
     hashes, planted = data["hashes"][:n], data["planted"]
     before_mb = peak_rss_mb()
     measure = Others()
-    i, j, dist = near_pairs(hashes, THRESHOLD)
+    result = getattr(hash_index, function)(hashes, THRESHOLD)
     seconds, others = measure.stop()
     peak_mb = peak_rss_mb()
+    common = {"seconds": seconds, "others": others, "planted": int(len(planted)), "peak_mb": peak_mb,
+              "before_mb": before_mb}
+    if function == "near_groups":  # a group id per hash: planted pairs must share one
+        found = int(np.sum(result[planted[:, 0]] == result[planted[:, 1]]))
+        sizes = np.bincount(result)
+        print(json.dumps({**common, "planted_found": found, "groups": int((sizes > 1).sum()),
+                          "grouped": int(sizes[sizes > 1].sum())}))
+        return
+    i, j, dist = result
     # Copies of a value are paired with its first occurrence only: compare first occurrences.
     values, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
     first_of = first[inverse]
@@ -737,10 +746,8 @@ def search_child(npz: str, n: int) -> None:
         got = set(sj[si == f].tolist()) | set(si[sj == f].tolist())
         missed += len(brute - got)
         extra += len(got - brute)
-    print(json.dumps({"seconds": seconds, "others": others, "pairs": int(len(i)), "near_pairs": int(near.sum()),
-                      "planted": int(len(planted)), "planted_found": int(np.sum(found)),
-                      "sample_missed": missed, "sample_extra": extra, "peak_mb": peak_mb,
-                      "before_mb": before_mb}))
+    print(json.dumps({**common, "pairs": int(len(i)), "near_pairs": int(near.sum()),
+                      "planted_found": int(np.sum(found)), "sample_missed": missed, "sample_extra": extra}))
 
 
 def search(quick: bool, repeat: int) -> dict:
@@ -749,10 +756,9 @@ def search(quick: bool, repeat: int) -> dict:
     sets = [("uniform", n), ("clustered", n)] + [("uniform", m) for m, _ in SIZES["idd_search"][quick] if m != n]
     for kind, size in sets:
         path = search_set(kind, size, quick)
-        runs = []
-        for _ in range(repeat if size == n else 1):
-            runs.append(run_child([__file__, "--child", "search", str(path), str(size)]))
-        out[(kind, size, "datamill")] = runs
+        for function in ("near_pairs", "near_groups") if size == n else ("near_pairs",):
+            out[(kind, size, function)] = [run_child([__file__, "--child", "search", str(path), str(size), function])
+                                           for _ in range(repeat if size == n else 1)]
     for m, cap in SIZES["idd_search"][quick]:
         path = search_set("uniform", m, quick)
         out[("uniform", m, "imagededup")] = [run_imagededup(["search", str(path), str(m), str(THRESHOLD)],
@@ -767,24 +773,25 @@ def big_ratio(x: float) -> str:
 def search_tables(s: dict) -> tuple[str, str]:
     rows = []
     for (kind, n, who), runs in s.items():
-        if who != "datamill" or n < max(k[1] for k in s):
+        if who == "imagededup" or n < max(k[1] for k in s):
             continue
         r = runs[-1]
         secs = median([x["seconds"] for x in runs])
         peak = max(x["peak_mb"] for x in runs)
-        rows.append([kind, f"{n:,}", f"{r['near_pairs']:,} (+{r['pairs'] - r['near_pairs']:,} identical)",
-                     f"{r['planted_found']:,}/{r['planted']:,}",
-                     f"{r['sample_missed']} missed, {r['sample_extra']} extra",
+        found = (f"{r['near_pairs']:,} pairs (+{r['pairs'] - r['near_pairs']:,} identical)" if "pairs" in r
+                 else f"{r['groups']:,} groups of {r['grouped']:,} hashes")
+        check = f"{r['sample_missed']} missed, {r['sample_extra']} extra" if "pairs" in r else ""
+        rows.append([kind, f"{n:,}", who, found, f"{r['planted_found']:,}/{r['planted']:,}", check,
                      f"{secs:.1f} s (runs: {', '.join(format(x['seconds'], '.1f') for x in runs)})",
                      f"{median([x['others'] for x in runs]):.1f}",
                      f"{peak:,.0f} MB (hashes loaded: {runs[-1]['before_mb']:.0f} MB)",
                      "met" if secs < 120 and peak < 2048 and r["planted_found"] == r["planted"] else "MISSED"])
-    big = table(["hashes", "n", "pairs within 8 found", "planted pairs found", "brute-force check of 200 hashes",
-                 "near_pairs time (median)", "others' cores", "peak RSS (VmHWM)", "target < 120 s, < 2 GB, all"],
-                rows)
+    big = table(["hashes", "n", "function", "found within 8", "planted pairs found (groups: same group)",
+                 "brute-force check of 200 hashes", "time (median)", "others' cores", "peak RSS (VmHWM)",
+                 "target < 120 s, < 2 GB, all"], rows)
     rows = []
     for m in sorted({k[1] for k in s if k[2] == "imagededup"}):
-        mine = s.get(("uniform", m, "datamill"))
+        mine = s.get(("uniform", m, "near_pairs"))
         idd = s[("uniform", m, "imagededup")][0]
         mine_s = median([x["seconds"] for x in mine]) if mine else None
         if mine:
@@ -824,7 +831,7 @@ def main() -> None:
         if args.child[0] == "job":
             job_child(*args.child[1:])
         else:
-            search_child(args.child[1], int(args.child[2]))
+            search_child(args.child[1], int(args.child[2]), args.child[3])
         return
     quick = args.quick
     repeat = args.repeat or (1 if quick else 3)
@@ -896,7 +903,8 @@ def main() -> None:
     if "search" in parts:
         s = search(quick, repeat)
         big, small = search_tables(s)
-        print(f"\n### Search: all pairs within {THRESHOLD} (near_pairs, one fresh process per run)\n", flush=True)
+        print(f"\n### Search: all pairs within {THRESHOLD} (near_pairs; near_groups, which the job uses, joins them "
+              f"into groups chunk by chunk), one fresh process per run\n", flush=True)
         print(big, flush=True)
         print(f"\n### Search against imagededup (uniform random hashes with 1% planted pairs, threshold "
               f"{THRESHOLD})\n", flush=True)
