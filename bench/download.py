@@ -549,10 +549,11 @@ def memory(srv: Server, lines: int, work: Path, quiet: Quiet) -> tuple[list, lis
         print(f"  memory: FAILED {res['error']}", flush=True)
         return [[label, "datamill", "FAILED", "", "", "", "", ""]], [f"memory run failed: {res['error']}"]
     c = res["counts"]
-    print(f"  memory: {res['seconds']:.0f} s (command {res['seconds']:.0f} s), counts {c}, peak RSS "
+    print(f"  memory: {res['seconds']:.0f} s, counts {c}, peak RSS "
           f"sum {res['peak_sum_mb']:.0f} MB, largest process {res['peak_one_mb']:.0f} MB, driver VmHWM "
-          f"{res['driver_mb']:.0f} MB, largest worker ru_maxrss {res['worker_mb']:.0f} MB; "
-          f"exit {res['exit']} {res['message']}", flush=True)
+          f"{res['driver_mb']:.0f} MB, largest worker ru_maxrss {res['worker_mb']:.0f} MB; CPU "
+          f"{res['cpu']:.0f} s, other work {res['others_cores']:.2f} cores; exit {res['exit']} "
+          f"{res['message']}", flush=True)
     rows = [[label, "datamill", f"{res['seconds']:.0f} s", f"{rate(lines / res['seconds'])} lines",
              f"{c.get('ok', 0):,} ok / {c.get('failed', 0):,} failed",
              f"{1000 * res['cpu'] / lines:.2f} s",
