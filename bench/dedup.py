@@ -17,19 +17,21 @@ so ratios compare like with like on a noisy, shared machine.
    truth.json records which original each file comes from.
 2. Hashing speed on one core (so per core): imagehash.phash(Image.open(p)) against
    datamill.media.hashes.hash_image (exact and fast), and imagededup's PHash.encode_image, on
-   the 640x480 JPEG originals; CPU time per image is the figure least disturbed by other
-   work on the machine, so the ratios use it.  And the whole job, datamill.dedup(workers=2),
-   in a fresh process, against imagededup's encode_images + find_duplicates (2 workers).
+   the 640x480 JPEG originals and on textured (photo-like) versions of them, with the floor
+   no JPEG hash can beat (decode only, gray at 1/8 scale); CPU time per image is the figure
+   least disturbed by other work on the machine, so the ratios use it.  And the whole job,
+   datamill.dedup(workers=2), in a fresh process, against imagededup's encode_images +
+   find_duplicates (2 workers).
 3. Pairs: precision and recall over pairs of files (a true pair: both from the same
    original), by Hamming threshold, for datamill exact and fast and imagededup's PHash (its
    own hashes; its own find_duplicates at its default max_distance_threshold=10 and at 8);
    per transformation at the default threshold.
 4. Search: near_pairs on 1,000,000 hashes at threshold 8 (and near_groups, the job's path),
-   each run in a fresh process (peak RSS = its VmHWM): uniformly random hashes, and clustered ones (real phashes of generated
-   scenes, each replicated with 4-12 random bits flipped), both with planted pairs (1-8 bits
-   apart) that must all be found; and imagededup's find_duplicates (brute force) beside it on
-   5,000 and 100,000 hashes, the latter stopped at a time cap and projected from its own
-   progress bar.
+   each run in a fresh process (peak RSS = its VmHWM): uniformly random hashes, and clustered
+   ones (real phashes of generated scenes, each replicated with 4-12 random bits flipped),
+   both with planted pairs (1-8 bits apart) that must all be found; and imagededup's
+   find_duplicates (brute force) beside it on 5,000 and 100,000 hashes, the latter stopped at
+   a time cap and projected from its own progress bar.
 
 imagededup is installed (once) into its own virtual environment, bench/_venvs/imagededup, and
 run there in subprocesses.  This file is also its entry point there (`--imagededup ...`), so
