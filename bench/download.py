@@ -12,8 +12,8 @@ each run first waits (a little) for other work to stop, the cores other processe
 the runs are reported, and so is each tool's CPU time (user + system of all its processes,
 from getrusage of waited-for children), which other work disturbs least.
 
-1. Throughput: `--urls` URLs (default 5,000) of JPEGs from 300x200 to 1600x1200 (20-500 KB;
-   quality lowered for the big ones), each served after 20-200 ms (chosen from the row
+1. Throughput: `--urls` URLs (default 5,000) of JPEGs from 300x200 to 1600x1200 (12-454 KB,
+   median 148 KB; quality lowered for the big ones; see `SIZES`), each served after 20-200 ms (chosen from the row
    number), and 3% failing kinds (404, an HTML page, a truncated JPEG).  Resize 256
    keep_ratio, downscale only, JPEG quality 95, webdataset shards of URLs/10 (500: ten
    shards keep both processes busy to the end), retries 0, timeout 10 s, 2 processes each:
@@ -28,7 +28,9 @@ from getrusage of waited-for children), which other work disturbs least.
      (img2dataset 1.47's `overwrite` deletes its own _tmp folder and fails).
 2. No hang: `HANG_URLS` URLs of the same mix with every 100th replaced by `/drip/<n>.jpg`
    (a JPEG header, then 16 bytes every 0.5 s for ever; the list's last URL is one), timeout
-   5 s, against the same list without the drips.  img2dataset's urllib timeout limits each
+   5 s, shards of URLs/10, against the same list without the drips.  The tail: from the last
+   normal image the server sent (it keeps the time) to the end of the command; and the whole
+   run's time against the run without drips.  img2dataset's urllib timeout limits each
    socket read, not the download: its run is killed after `--hang-cap` seconds, and the time
    its processes last used CPU (over 5% of a core) is reported.
 3. Memory: a `--mem-lines` URL file whose first 20,000 lines are the throughput mix and the
@@ -85,7 +87,8 @@ I2D_THREADS = 64
 POOL = 64               # distinct pictures per size on the server
 MEM_REAL = 20_000       # lines of the memory file that are fetched
 
-# (width, height, JPEG quality): 20-500 KB each, median ~150 KB
+# (width, height, JPEG quality): the 64 pictures of each size are 12-454 KB (5% below 32 KB,
+# 5% above 406 KB), median 148 KB, mean 174 KB
 SIZES = [(300, 200, 90), (400, 300, 90), (640, 480, 90), (480, 640, 90), (800, 600, 85),
          (1024, 768, 75), (768, 1024, 75), (1280, 960, 60), (1600, 1200, 40), (1200, 1600, 40)]
 FAILING = {13: "/status/404", 47: "/html", 81: "/truncated.jpg"}  # row % 100 -> path
