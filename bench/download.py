@@ -447,7 +447,8 @@ def throughput(srv: Server, urls: Path, n: int, shard: int, repeat: int, work: P
                   f"{res.get('ok', 0) / res['seconds']:6.1f} images/s  {describe(res)}", flush=True)
         d, i = runs["datamill"][-1], runs["img2dataset"][-1]
         if "error" not in d and "error" not in i:
-            rounds.append((i["seconds"] / d["seconds"], i["cpu"] / d["cpu"]))
+            rounds.append((i["seconds"] / d["seconds"], i["cpu"] / d["cpu"],
+                           d["others_cores"], i["others_cores"]))
     rows, notes = [], []
     label = f"1. throughput: {n:,} URLs"
     for tool, rs in runs.items():
@@ -463,7 +464,7 @@ def throughput(srv: Server, urls: Path, n: int, shard: int, repeat: int, work: P
             label, tool, f"{s:.1f} s", rate(last["ok"] / s), f"{last['ok']:,} / {n:,}",
             f"{1000 * median([x['cpu'] for x in good]) / n:.1f} s",
             f"{max(x['peak_sum_mb'] for x in good):,.0f} MB",
-            f"{ratio(median([a for a, _ in rounds]))} (CPU {ratio(median([b for _, b in rounds]))})"
+            f"{ratio(median([x[0] for x in rounds]))} (CPU {ratio(median([x[1] for x in rounds]))})"
             if mine else ("1.00x" if tool == "img2dataset" else ""),
         ])
         notes.append(f"{tool}: failures of the last run: "
@@ -472,6 +473,10 @@ def throughput(srv: Server, urls: Path, n: int, shard: int, repeat: int, work: P
     oks = {t: rs[-1].get("ok") for t, rs in runs.items()}
     if len(set(oks.values())) > 1:
         notes.append(f"successes differ: {oks}")
+    if rounds:
+        notes.append("throughput, each round: datamill / img2dataset wall clock (other work on the "
+                     "machine during datamill's run / img2dataset's, in cores): " + ", ".join(
+                         f"{a:.2f}x ({od:.2f} / {oi:.2f})" for a, _, od, oi in rounds))
     everyone = [x for rs in runs.values() for x in rs]
     notes.append("during the throughput runs the image server used "
                  f"{median([x['server_cores'] for x in everyone]):.2f} cores and other work on the "
@@ -608,7 +613,7 @@ def main() -> None:
     versions = ensure_img2dataset()
     print(f"bench/download.py: {machine()}; datamill against {versions} (own venv); "
           f"{WORKERS} processes each; median of {repeat} run(s)" + (" (quick)" if q else ""), flush=True)
-    quiet = Quiet(20.0, 12.0 if q else 60.0)
+    quiet = Quiet(45.0, 12.0 if q else 180.0)
     started = time.perf_counter()
     rows, notes = [], []
     with Server() as srv:
@@ -635,7 +640,7 @@ def main() -> None:
             rows += r
             notes += n
     print()
-    print(table(["benchmark", "tool", "wall clock", "rate", "successes", "CPU per 1000 URLs",
+    print(table(["benchmark", "tool", "wall clock", "rate, or what happened", "successes", "CPU per 1000 URLs",
                  "peak RSS (all processes)", "datamill / img2dataset"], rows), flush=True)
     print()
     for n in notes:
