@@ -391,6 +391,46 @@ def test_batch_runner_gets_whole_tasks_and_a_killer_is_isolated_by_halves():
     assert sorted(k for k, r in results.items() if r.status == "failed") == ["bad", "kill"]
 
 
+def _naming_batch(log, task, payloads):
+    from datamill.engine.task import ok
+    with open(log, "a") as f:
+        f.write(f"{len(payloads)}\n")
+    out = []
+    for i, p in enumerate(payloads):
+        task.start(i)
+        if p == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if p == "hang":
+            time.sleep(3600)
+        out.append(ok(p))
+    return out
+
+
+def test_batch_runner_naming_its_running_item_loses_only_that_item(tmp_path):
+    """`task.start(i)` makes a batch runner's crash or deadline cost one item, found at
+    once (not by halving the task), as with a per-item function."""
+    import functools
+    from datamill.engine.local import LocalExecutor
+    log = tmp_path / "calls.txt"
+    items = [f"i{n}" for n in range(14)] + ["kill"] + [f"j{n}" for n in range(16)] + ["hang"]
+    sched = Scheduler(LocalExecutor(2), TaskRunner(batch_fn=functools.partial(_naming_batch, log)),
+                      ((p, p) for p in items), retries=0, batch_size=16, timeout=2.0)
+    started = time.monotonic()
+    try:
+        results = {r.key: r for r in sched}
+    finally:
+        sched.close()
+    assert time.monotonic() - started < 60
+    assert set(results) == set(items)
+    assert results["kill"].reason == "worker_died" and results["hang"].reason == "timeout"
+    assert sorted(k for k, r in results.items() if not r.ok) == ["hang", "kill"]
+    calls = [int(n) for n in log.read_text().split()]
+    # two tasks of 16, then the items before and after each culprit once more (at most 4
+    # tasks); halving would have run about 2 * log2(16) = 8 more
+    assert len(calls) <= 6, calls
+    assert sum(calls[2:]) == len(items) - 2, calls  # every other item ran once more, no culprit
+
+
 def test_task_ids_continue_across_runs(tmp_path):
     from datamill.engine.ledger import Ledger
     src = _tree(tmp_path / "src", {f"f{i}.txt": "x" for i in range(5)})

@@ -35,6 +35,7 @@ class Job(ABC):
     final_stage = ""  # records of items of other stages are plans, not manifest rows
     manifest_fields: list[pa.Field] = []
     batch_size: int | None = 1  # None lets the engine batch tiny items
+    task_seconds = 0.01  # with batch_size None: about how long a batched task should take
     unit = "item"
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike):

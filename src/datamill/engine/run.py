@@ -180,6 +180,7 @@ class _Run:
                                retries=self.opts.retries,
                                timeout=self.job.task_timeout(self.opts.timeout),
                                batch_size=self.job.batch_size,
+                               task_seconds=self.job.task_seconds,
                                first_task_id=self.ledger.next_task_id,
                                on_poll=lambda: self.progress.tick(executor.in_progress()))
         status, message = "completed", ""

@@ -153,6 +153,13 @@ class TaskContext:
         self._base = base
         self.done = 0
 
+    def start(self, index: int) -> None:
+        """Say that item `index` of the task runs now: a crash or a deadline then costs that
+        item alone (as with a per-item `fn`), not the whole task."""
+        if self._status is not None:
+            self._status[self._base + 1] = index
+            self._status[self._base + 2] = time.monotonic()
+
     def advance(self, n: int = 1) -> None:
         self.done += n
         if self._status is not None:
@@ -162,6 +169,13 @@ class TaskContext:
 def ok(value: Any) -> tuple:
     """A batch function's result for an item that succeeded with `value`."""
     return (OK, value, None)
+
+
+def failed_with(exc: BaseException) -> tuple:
+    """A batch function's result for an item that raised `exc` (as a per-item `fn` records it)."""
+    if isinstance(exc, Filtered):
+        return (FILTERED, exc.reason, str(exc))
+    return (FAILED, None, error_info(exc))
 
 
 def filtered(reason: str, message: str = "") -> tuple:
