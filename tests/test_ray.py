@@ -206,3 +206,26 @@ def test_dedup_on_ray_finds_the_same_groups(tmp_path):
     groups = pq.read_table(local / "groups.parquet").to_pylist()
     assert len(groups) == 4
     assert pq.read_table(on_ray / "groups.parquet").to_pylist() == groups
+
+
+def test_a_local_dst_on_a_cluster_of_several_nodes_is_warned_about_once(tmp_path, monkeypatch,
+                                                                      caplog):
+    src = tmp_path / "src"
+    make_image(src / "a.jpg", size=(64, 64), seed=1)
+    make_image(src / "b.jpg", size=(64, 64), seed=2)
+    fake = [{"NodeID": "head", "Alive": True}, {"NodeID": "w1", "Alive": True},
+            {"NodeID": "gone", "Alive": False}]
+    monkeypatch.setattr(ray, "nodes", lambda: fake)
+    with caplog.at_level(logging.WARNING, logger="datamill"):
+        report = datamill.dedup(src, tmp_path / "out", quiet=True, executor="ray")
+    assert report.ok
+    warnings = [r.getMessage() for r in caplog.records if "nodes" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "2 nodes" in warnings[0] and str(tmp_path / "out") in warnings[0]
+    assert "shared filesystem" in warnings[0] and "s3://" in warnings[0]
+
+    caplog.clear()
+    monkeypatch.setattr(ray, "nodes", lambda: fake[:1])
+    with caplog.at_level(logging.WARNING, logger="datamill"):
+        datamill.dedup(src, tmp_path / "out2", quiet=True, executor="ray")
+    assert not [r for r in caplog.records if "nodes" in r.getMessage()]

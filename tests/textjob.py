@@ -53,7 +53,7 @@ class UpperJob(Job):
 
     def items(self):
         for e in walk_files(self.src, ["txt"]):
-            yield Item(e.rel, (e.path, str(self.dst / (e.rel + self.suffix))), source=e.path,
+            yield Item(e.rel, (e.path, str(self.dst.path / (e.rel + self.suffix))), source=e.path,
                        size=e.size, mtime=e.mtime)
 
     def runner(self):

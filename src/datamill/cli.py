@@ -23,6 +23,9 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ray-address", help="Ray cluster address for --executor ray (auto, ray://host:port)."),
         click.option("--cpus-per-task", type=click.FloatRange(min=0, min_open=True),
                      help="CPUs Ray reserves for each task (--executor ray; default 1)."),
+        click.option("--state-dir", type=click.Path(file_okay=False),
+                     help="Local folder of the job's ledger (default: DST/_datamill, or for a URL "
+                          "DST a folder under ~/.cache/datamill named after it)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
         click.option("--overwrite", is_flag=True, help="Redo everything when options that change results differ from DST's."),
         click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[CLASSES]",
@@ -42,7 +45,7 @@ def run_options(kw: dict[str, Any]) -> RunOptions:
     retry = kw.pop("retry_failed")
     return RunOptions(
         workers=kw.pop("workers"), executor=kw.pop("executor"), ray_address=kw.pop("ray_address"),
-        cpus_per_task=kw.pop("cpus_per_task"),
+        cpus_per_task=kw.pop("cpus_per_task"), state_dir=kw.pop("state_dir"),
         quiet=kw.pop("quiet"), overwrite=kw.pop("overwrite"), limit=kw.pop("limit"),
         dry_run=kw.pop("dry_run"), timeout=kw.pop("timeout"), retries=kw.pop("retries"),
         retry_failed=(True if retry == "all" else set(retry.split(","))) if retry else False,
@@ -73,11 +76,13 @@ def main() -> None:
 
 @main.command()
 @click.argument("dst", type=click.Path())
-def status(dst: str) -> None:
-    """Summarise a job folder (counts, failures, options, runs) without running anything."""
+@click.option("--state-dir", type=click.Path(file_okay=False),
+              help="The ledger's folder, if the job was run with --state-dir.")
+def status(dst: str, state_dir: str | None) -> None:
+    """Summarise a job folder or URL (counts, failures, options, runs) without running anything."""
     from .engine.status import describe
     try:
-        click.echo(describe(dst))
+        click.echo(describe(dst, state_dir))
     except UsageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)

@@ -56,6 +56,11 @@ class Executor(ABC):
         Queued tasks hide the driver's latency for short tasks but pin long ones to a
         worker before another is free: the scheduler asks for 1 when tasks are long."""
 
+    def nodes(self) -> int:
+        """How many machines run tasks (after `start`); workers on several machines write
+        outputs themselves, so their paths must mean the same folder everywhere."""
+        return 1
+
     def in_progress(self) -> int:
         """Items finished inside tasks still running (batch runners report them); for progress."""
         return 0

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 
 from .errors import UsageError
+from .storage import Dst
 from .task import FAILED, OK, TaskRunner
 
 
@@ -38,9 +39,10 @@ class Job(ABC):
     task_seconds = 0.01  # with batch_size None: about how long a batched task should take
     unit = "item"
 
-    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike):
+    def __init__(self, src: str | os.PathLike, dst: str | os.PathLike | Dst):
         self.src = Path(src)
-        self.dst = Path(dst)
+        self.dst = Dst(dst)  # a local folder or an fsspec URL (engine/storage.py)
+        self.state_dir: Path | None = None  # the ledger's folder, set by the run loop
 
     # -- the contract ------------------------------------------------------------------------
     @abstractmethod
@@ -98,7 +100,10 @@ class Job(ABC):
         """Refuse, with exit status 2, a missing SRC, an unwritable DST or DST inside SRC."""
         if not self.src.exists():
             raise UsageError(f"SRC does not exist: {self.src}")
-        dst = self.dst.resolve()
+        if self.dst.is_remote:
+            self.dst.check_writable()
+            return
+        dst = self.dst.path.resolve()
         if self.src.is_dir():
             src = self.src.resolve()
             if dst == src or src in dst.parents:

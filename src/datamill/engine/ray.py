@@ -142,6 +142,9 @@ class RayExecutor(Executor):
             self._owns_ray = False
         return finished
 
+    def nodes(self) -> int:
+        return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+
     # -- scheduling -----------------------------------------------------------------------
     def set_prefetch(self, tasks_per_worker: int) -> None:
         self._prefetch = max(1, tasks_per_worker)

@@ -3,14 +3,13 @@ manifest.parquet, failures.jsonl and stats.json."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .atomic import atomic_path, write_text_atomic
 from .ledger import Ledger
+from .storage import Dst
 from .task import FAILED, OK
 
 BASE_FIELDS = [pa.field("key", pa.string()), pa.field("source", pa.string()),
@@ -40,10 +39,11 @@ def _without_base(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("status", "reason", "message")}
 
 
-def write_manifest(ledger: Ledger, path: Path, fields: list[pa.Field], final_stage: str) -> int:
+def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage: str) -> int:
+    """DST/manifest.parquet; returns its number of rows."""
     schema = pa.schema(BASE_FIELDS + list(fields))
     n = 0
-    with atomic_path(path) as tmp:
+    with dst.atomic_path("manifest.parquet") as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             batch: list[dict] = []
             for row in ledger.iter_items():
@@ -58,9 +58,10 @@ def write_manifest(ledger: Ledger, path: Path, fields: list[pa.Field], final_sta
     return n
 
 
-def write_failures(ledger: Ledger, path: Path) -> int:
+def write_failures(ledger: Ledger, dst: Dst) -> int:
+    """DST/failures.jsonl; returns its number of lines."""
     n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with dst.atomic_path("failures.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
         for row in ledger.iter_items("WHERE status=?", (FAILED,)):
             f.write(json.dumps({
                 "key": row["key"], "source": row["source"], "error_class": row["reason"],
@@ -71,5 +72,6 @@ def write_failures(ledger: Ledger, path: Path) -> int:
     return n
 
 
-def write_stats(path: Path, stats: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(stats, indent=2, sort_keys=False, default=str) + "\n")
+def write_stats(dst: Dst, stats: dict[str, Any]) -> None:
+    text = json.dumps(stats, indent=2, sort_keys=False, default=str) + "\n"
+    dst.write_bytes("stats.json", text.encode("utf-8"))

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import os
 import signal
+import sqlite3
 import sys
 import time
 from collections import Counter, deque
@@ -23,9 +26,11 @@ from .ledger import Ledger
 from .progress import Progress
 from .reports import write_failures, write_manifest, write_stats
 from .scheduler import Result, Scheduler
+from .storage import Dst, state_dir_for
 from .task import FAILED, FILTERED, OK
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("datamill")
 
 
 @dataclass
@@ -47,6 +52,7 @@ class RunOptions:
     grace: float = 5.0
     ray_address: str | None = None
     cpus_per_task: float | None = None
+    state_dir: str | os.PathLike | None = None  # the ledger's folder (default: see storage.py)
     argv: list[str] = field(default_factory=list)
 
 
@@ -57,7 +63,7 @@ class RunReport:
     exit_code: int
     counts: dict[str, int]
     stats: dict[str, Any]
-    dst: Path
+    dst: Path | str  # the folder, or the URL of a remote DST
     message: str = ""
 
     @property
@@ -65,16 +71,19 @@ class RunReport:
         return self.exit_code == EXIT_OK
 
 
-def state_path(dst: Path) -> Path:
-    return dst / "_datamill" / "state.sqlite"
+def state_path(dst: str | os.PathLike | Dst, state_dir: str | os.PathLike | None = None) -> Path:
+    """The ledger of the job in `dst`: DST/_datamill/state.sqlite for a local DST, else in
+    `state_dir` or the default state folder of a URL (engine/storage.py)."""
+    return state_dir_for(Dst(dst), state_dir) / "state.sqlite"
 
 
 def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
     """Run `job` to completion (or to a stop); raises UsageError for a bad request."""
     opts = opts or RunOptions()
+    job.state_dir = state_dir_for(job.dst, opts.state_dir)
     job.validate()
     executor = None if opts.dry_run else make_executor(opts)
-    ledger = Ledger(state_path(job.dst))
+    ledger = open_ledger(job)
     try:
         check_fingerprint(ledger, job, opts.overwrite)
         if executor is None:
@@ -97,6 +106,26 @@ def make_executor(opts: RunOptions) -> Executor:
         return get_executor(opts.executor, opts.workers, **extra)
     except ImportError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def open_ledger(job: Job) -> Ledger:
+    """The job's ledger in its state folder.  A state folder outside DST remembers its DST:
+    using it for another DST would skip items whose outputs are not there."""
+    path = job.state_dir / "state.sqlite"
+    try:
+        ledger = Ledger(path)
+    except (OSError, sqlite3.Error) as exc:
+        raise UsageError(f"the state folder {job.state_dir} is not writable ({exc}); choose "
+                         "another with --state-dir") from exc
+    if job.dst.path is not None and job.state_dir == job.dst.path / "_datamill":
+        return ledger  # travels with DST (a moved folder keeps its ledger)
+    owner = ledger.get_meta("dst")
+    if owner not in (None, job.dst.url):
+        ledger.close()
+        raise UsageError(f"the state folder {job.state_dir} holds the ledger of DST {owner}, "
+                         f"not {job.dst}; give each DST its own --state-dir")
+    ledger.set_meta("dst", job.dst.url)
+    return ledger
 
 
 def check_fingerprint(ledger: Ledger, job: Job, overwrite: bool) -> None:
@@ -182,6 +211,7 @@ class _Run:
                                batch_size=self.job.batch_size,
                                task_seconds=self.job.task_seconds,
                                first_task_id=self.ledger.next_task_id,
+                               on_start=lambda: self._check_nodes(executor),
                                on_poll=lambda: self.progress.tick(executor.in_progress()))
         status, message = "completed", ""
         previous = _sigterm_as_interrupt()
@@ -212,6 +242,17 @@ class _Run:
         finally:
             _restore_sigterm(previous)
         return self._finalize(run_id, started, status, message)
+
+    def _check_nodes(self, executor: Executor) -> None:
+        """Workers on several machines write DST themselves: a local path must be one folder
+        that every machine mounts at the same path."""
+        nodes = executor.nodes()
+        if nodes > 1 and not self.job.dst.is_remote:
+            log.warning(
+                "warning: the Ray cluster has %d nodes and DST %s is a local path: every node "
+                "writes its outputs there, so it must be a shared filesystem mounted at the "
+                "same path on every node (else outputs end up scattered over the nodes' disks); "
+                "or give an fsspec URL (s3://bucket/prefix) as DST", nodes, self.job.dst)
 
     def _drain(self) -> None:
         try:
@@ -282,9 +323,8 @@ class _Run:
             "workers": self.sched.executor.workers if self.sched else None,
         }
         ledger.end_run(run_id, status, run_stats)
-        n_manifest = write_manifest(ledger, dst / "manifest.parquet", job.manifest_fields,
-                                    job.final_stage)
-        n_failed = write_failures(ledger, dst / "failures.jsonl")
+        n_manifest = write_manifest(ledger, dst, job.manifest_fields, job.final_stage)
+        n_failed = write_failures(ledger, dst)
         job.reports(ledger)
         stats = {
             "job": job.name, "src": str(job.src), "dst": str(dst),
@@ -295,14 +335,14 @@ class _Run:
                 "stats": json.loads(r["stats"]) if r["stats"] else None} for r in ledger.runs()],
         }
         extra = job.summary_lines(ledger)
-        write_stats(dst / "stats.json", stats)
+        write_stats(dst, stats)
         if status == "interrupted":
             code = EXIT_INTERRUPTED
         else:
             code = EXIT_FAILED if n_failed or status == "stopped" else EXIT_OK
         if not self.opts.quiet:
             print(_summary(job, stats, run_stats, extra, message, n_failed), flush=True)
-        return RunReport(code, stats["counts"], stats, dst, message)
+        return RunReport(code, stats["counts"], stats, dst.location, message)
 
 
 def _summary(job: Job, stats: dict, run: dict, extra: list[str], message: str,
@@ -320,7 +360,7 @@ def _summary(job: Job, stats: dict, run: dict, extra: list[str], message: str,
     lines += ["  " + x for x in extra]
     lines.append(f"  outputs in {job.dst}: manifest.parquet, failures.jsonl, stats.json")
     if n_failed:
-        lines.append(f"  {n_failed} failed: details in {job.dst / 'failures.jsonl'}; "
+        lines.append(f"  {n_failed} failed: details in {job.dst.child('failures.jsonl')}; "
                      "run again with --retry-failed to retry them")
     if message:
         lines.append("  " + message)
@@ -335,7 +375,7 @@ def _dry_run(job: Job, opts: RunOptions, ledger: Ledger) -> RunReport:
            "--retry-failed); nothing was written")
     if not opts.quiet:
         print(msg)
-    return RunReport(EXIT_OK, ledger.counts(), {}, job.dst, msg)
+    return RunReport(EXIT_OK, ledger.counts(), {}, job.dst.location, msg)
 
 
 def _sigterm_as_interrupt() -> Any:

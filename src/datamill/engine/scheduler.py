@@ -48,13 +48,15 @@ class Scheduler:
     `retries`: further attempts for an item that failed with a retryable error, crashed its
     worker or ran past its deadline.  `batch_size`: items per task, or None to adapt it so a
     task takes about `task_seconds`.  Task ids count from `first_task_id`.  `on_poll` is
-    called after each wait for results (to refresh progress during long tasks).
+    called after each wait for results (to refresh progress during long tasks); `on_start`
+    once the executor has started.
     """
 
     def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
                  *, retries: int = 1, timeout: float | None = None, batch_size: int | None = None,
                  max_batch: int = 4096, task_seconds: float = 0.01, first_task_id: int = 0,
-                 on_poll: Callable[[], None] | None = None):
+                 on_poll: Callable[[], None] | None = None,
+                 on_start: Callable[[], None] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -75,6 +77,7 @@ class Scheduler:
         self._started = False
         self._draining = False
         self._on_poll = on_poll
+        self._on_start = on_start
 
     # -- public --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Result]:
@@ -83,6 +86,8 @@ class Scheduler:
             if self._fixed_batch == 1:  # the job says its items are heavy: balance, not pin
                 self.executor.set_prefetch(1)
             self._started = True
+            if self._on_start is not None:
+                self._on_start()
         while True:
             yield from self._fill()
             if not self._inflight and self._exhausted and not self._exact and not self._queued:

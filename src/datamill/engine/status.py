@@ -8,12 +8,19 @@ from pathlib import Path
 from .errors import UsageError
 from .ledger import Ledger
 from .run import state_path
+from .storage import Dst
 
 
-def describe(dst: str | Path) -> str:
-    dst = Path(dst)
-    path = state_path(dst)
+def describe(dst: str | Path, state_dir: str | Path | None = None) -> str:
+    """The summary of the job in `dst` (a folder or a URL) from its ledger; a URL's ledger
+    is in `state_dir` or its default state folder."""
+    out = Dst(dst)
+    dst = out.location
+    path = state_path(out, state_dir)
     if not path.is_file():
+        if out.is_remote or state_dir is not None:
+            raise UsageError(f"no datamill ledger for {dst} in {path.parent} (the ledger of a "
+                             "job stays on the machine that ran it; give its --state-dir)")
         raise UsageError(f"{dst} is not a datamill job folder (no {path.relative_to(dst)})")
     ledger = Ledger.open_existing(path)
     try:

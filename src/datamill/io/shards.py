@@ -62,6 +62,7 @@ __all__ = [
     "open_shard_writer",
     "next_shard_id",
     "iter_shard",
+    "completes_record",
 ]
 
 ShardFormat = Literal["files", "webdataset", "parquet"]
@@ -580,6 +581,12 @@ def iter_shard(path: str | os.PathLike[str]) -> Iterator[ShardRecord]:
     if path.suffix == ".parquet":
         return _iter_parquet(path)
     raise ValueError(f"not a shard (a folder, .tar or .parquet): {path}")
+
+
+def completes_record(name: str) -> bool:
+    """Whether the file `name` (a path in a files shard) is a record's metadata, the file that
+    makes the record complete: copies of a shard's files must put these last."""
+    return name.endswith(f".{_META_EXT}")
 
 
 def _split_name(name: str) -> tuple[str, str]:

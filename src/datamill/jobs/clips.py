@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ..engine.errors import UsageError
 from ..engine.job import Item
+from ..engine.storage import Dst
 from ..engine.task import TaskRunner
 from .tree import TreeJob
 from ..media.video import (ClipSpec, ClipTask, VideoError, cut_clips, output_size,
@@ -109,25 +110,27 @@ def clip_output(folder: Path, prefix: str, index: int, opts: ClipOptions, source
     return str(folder / f"{name}{suffix}")
 
 
-def clips_worker(opts: ClipOptions, dst: str, payload: tuple) -> list[dict]:
-    """Run in a worker: plan a video, or cut one task of its clips."""
+def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple) -> list[dict]:
+    """Run in a worker: plan a video, or cut one task of its clips (into DST, or into a local
+    folder uploaded to a URL DST when the task is done)."""
     if payload[0] == "plan":
         return plan_video(opts, payload[1])
     _, path, rel, task, geometry = payload
-    folder, prefix = clip_paths(Path(dst), rel, opts, Path(path).suffix)
-    clip_task = task_from_json(task)
-    results = cut_clips(
-        path, clip_task,
-        out_paths=lambda spec: clip_output(folder, prefix, spec.index, opts, Path(path).suffix),
-        size=tuple(geometry["size"]) if geometry["size"] else None, codec=opts.codec,
-        crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio)
+    with dst.staged() as root:
+        folder, prefix = clip_paths(root, rel, opts, Path(path).suffix)
+        clip_task = task_from_json(task)
+        results = cut_clips(
+            path, clip_task,
+            out_paths=lambda spec: clip_output(folder, prefix, spec.index, opts, Path(path).suffix),
+            size=tuple(geometry["size"]) if geometry["size"] else None, codec=opts.codec,
+            crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio)
     records = []
     for r in results:
         rec = dataclasses.asdict(r)
         rec["clip_index"] = rec.pop("index")
         rec["reason"] = rec.pop("error_class", None)
         rec["size_note"] = geometry["note"]
-        rec["path"] = os.path.relpath(rec["path"], dst) if rec.get("path") else None
+        rec["path"] = os.path.relpath(rec["path"], root) if rec.get("path") else None
         records.append(rec)
     return records
 
@@ -186,7 +189,7 @@ class ClipsJob(TreeJob):
                        mtime=e.mtime)
 
     def runner(self) -> TaskRunner:
-        return TaskRunner(functools.partial(clips_worker, self.opts, str(self.dst)))
+        return TaskRunner(functools.partial(clips_worker, self.opts, self.dst))
 
     def expand(self, item: Item, records: list[dict]) -> Iterator[Item]:
         for task in records:

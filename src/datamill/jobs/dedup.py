@@ -10,6 +10,7 @@ the action regroups from the stored hashes, without rehashing.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -173,6 +174,12 @@ class DedupJob(TreeJob):
         self.result: dict[str, Any] = {}
 
     def validate(self) -> None:
+        if self.dst.is_remote and self.opts.action in ("hardlink", "symlink"):
+            raise UsageError(f"--action {self.opts.action} needs a local DST: an object store "
+                             f"({self.dst}) has no links; use --action copy")
+        if self.dst.is_remote and self.opts.action == "move-duplicates":
+            raise UsageError("--action move-duplicates needs a local DST: its log DST/moved.jsonl "
+                             f"grows as files move, which an object store ({self.dst}) cannot do")
         super().validate()
         if self.opts.move_to is not None:
             move_to = Path(self.opts.move_to).resolve()
@@ -217,7 +224,7 @@ class DedupJob(TreeJob):
         from ..engine.run import RunOptions, run_job, state_path
         ref = Path(self.opts.against)
         if not state_path(ref).is_file():  # a folder of images: hash it through the engine
-            ref_dst = self.dst / "_datamill" / "against"
+            ref_dst = self.state_dir / "against"
             run_job(DedupJob(ref, ref_dst, dataclasses.replace(self.opts, against=None, report=None,
                                                                action="report", move_to=None)),
                     RunOptions(quiet=True))
@@ -273,7 +280,7 @@ class DedupJob(TreeJob):
             "height": pa.array(c.height[idx], pa.int32()),
             "bytes": pa.array(c.size[idx], pa.int64()),
         })
-        with atomic_path(self.dst / "groups.parquet") as tmp:
+        with self.dst.atomic_path("groups.parquet") as tmp:
             pq.write_table(table, tmp)
 
     def _act(self, c: _Collection, dup: np.ndarray, quiet: bool) -> None:
@@ -285,8 +292,8 @@ class DedupJob(TreeJob):
             target = Path(self.opts.move_to)
             moving = np.flatnonzero(dup)
             say(f"moving {len(moving)} duplicates ({int(c.size[moving].sum()) / 1e6:.1f} MB) to "
-                f"{target}; the kept copy of each stays in SRC; log: {self.dst / 'moved.jsonl'}")
-            with open(self.dst / "moved.jsonl", "a", encoding="utf-8") as log:
+                f"{target}; the kept copy of each stays in SRC; log: {self.dst.child('moved.jsonl')}")
+            with open(self.dst.path / "moved.jsonl", "a", encoding="utf-8") as log:
                 for i in moving:
                     src = Path(c.sources[i])
                     if not src.exists():
@@ -296,10 +303,15 @@ class DedupJob(TreeJob):
                     shutil.move(src, dest)
                     log.write(json.dumps({"from": str(src), "to": str(dest)}) + "\n")
             return
+        if self.dst.is_remote:  # copy: upload the survivors not uploaded yet
+            there = self.dst.files()
+            self.dst.upload_many((c.sources[i], c.keys[i]) for i in np.flatnonzero(~dup)
+                                 if c.keys[i] not in there)
+            return
         place = {"copy": shutil.copy2, "hardlink": os.link,
                  "symlink": lambda s, d: os.symlink(os.path.abspath(s), d)}[action]
         for i in np.flatnonzero(~dup):
-            dest = self.dst / c.keys[i]
+            dest = self.dst.path / c.keys[i]
             if dest.exists() or dest.is_symlink():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -325,10 +337,10 @@ class DedupJob(TreeJob):
                     bytes=int(c.size[i]), phash_hex=to_hex(int(c.hashes[i]))) for i in members])
 
         path = Path(self.opts.report)
-        path = path if path.is_absolute() else self.dst / path
-        write_dedup_report(path, report_groups(), title=f"datamill dedup: {self.src}",
-                           summary={**self.result, "threshold": self.opts.threshold,
-                                    "hash": self.opts.hash, "keep": self.opts.keep})
+        with contextlib.nullcontext(Path()) if path.is_absolute() else self.dst.staged() as root:
+            write_dedup_report(root / path, report_groups(), title=f"datamill dedup: {self.src}",
+                               summary={**self.result, "threshold": self.opts.threshold,
+                                        "hash": self.opts.hash, "keep": self.opts.keep})
 
     def summary_lines(self, ledger: Any) -> list[str]:
         if not self.result:
@@ -340,8 +352,8 @@ class DedupJob(TreeJob):
                  f"keep {self.opts.keep})"]
         if self.opts.against:
             lines.append(f"against {self.opts.against}: {r['against']} images duplicate it")
-        lines.append(f"groups: {self.dst / 'groups.parquet'}"
-                     + (f"; report: {self.dst / self.opts.report}" if self.opts.report else ""))
+        lines.append(f"groups: {self.dst.child('groups.parquet')}"
+                     + (f"; report: {self.dst.child(self.opts.report)}" if self.opts.report else ""))
         lines += self.walk_lines()
         return lines
 

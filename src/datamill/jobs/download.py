@@ -13,18 +13,18 @@ import dataclasses
 import functools
 import math
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..engine.atomic import TMP_MARK, atomic_path
+from ..engine.atomic import TMP_MARK
 from ..engine.errors import Filtered, ItemError, UsageError
 from ..engine.job import Item, Job
+from ..engine.storage import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
-from ..io.shards import SHARD_FORMATS, open_shard_writer
+from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer
 from ..io.sources import read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
 
@@ -59,8 +59,15 @@ class DownloadOptions:
                 "honor_robots": self.fetch.honor_robots}
 
 
-def download_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: list) -> list:
-    """Run in a worker: fetch, check and store one task's URLs as shard `task.id`."""
+def download_shard(opts: DownloadOptions, dst: Dst, task: TaskContext, payloads: list) -> list:
+    """Run in a worker: fetch, check and store one task's URLs as shard `task.id` (in DST, or
+    in a local folder uploaded to a URL DST when the shard is complete)."""
+    with dst.staged(last=completes_record) as root:
+        return fill_shard(opts, str(root), task, payloads)
+
+
+def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: list) -> list:
+    """Fetch, check and store one task's URLs as shard `task.id` in the local folder `dst`."""
     results: list[Any] = [None] * len(payloads)
     requests = []
     for i, (key, url, caption, kept, error) in enumerate(payloads):
@@ -165,7 +172,7 @@ class DownloadJob(Job):
                        source=url or None)
 
     def runner(self) -> TaskRunner:
-        return TaskRunner(batch_fn=functools.partial(download_shard, self.opts, str(self.dst)))
+        return TaskRunner(batch_fn=functools.partial(download_shard, self.opts, self.dst))
 
     def task_timeout(self, item_timeout: float | None) -> float | None:
         """A backstop for a whole shard (each URL has its own total deadline)."""
@@ -176,14 +183,14 @@ class DownloadJob(Job):
     def prepare(self, ledger: Any) -> None:
         """Shards numbered from the ledger's next task id were left by a killed run and are
         not recorded: their URLs will be fetched again, so the shards go."""
-        for entry in self.dst.iterdir():
-            stem = entry.name.split(".")[0]
+        for name in self.dst.names():
+            stem = name.split(".")[0]
             stale = stem.isdigit() and int(stem) >= ledger.next_task_id
-            if stale or TMP_MARK in entry.name:  # or a temp file of a killed worker
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            if stale or TMP_MARK in name:  # or a temp file of a killed worker
+                self.dst.remove(name)
 
     def reports(self, ledger: Any) -> None:
-        with atomic_path(self.dst / "failed_urls.txt") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with self.dst.atomic_path("failed_urls.txt") as tmp, open(tmp, "w", encoding="utf-8") as f:
             for row in ledger.iter_items("WHERE status='failed'"):
                 if row["source"]:
                     f.write(row["source"] + "\n")
