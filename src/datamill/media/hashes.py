@@ -37,10 +37,13 @@ other jobs kept the load average at 6-10; Pillow 13, NumPy 2.4, SciPy 1.17), pha
     hash_images(batch, fast=True)         979    3.18x             2039    5.16x
 
 (textured: `synthetic.draw_image` plus noise at two scales; smooth: `synthetic.make_image`.)
-At 1600x1200 fast mode was 3.2-3.4x imagehash, at 4000x3000 4.1-4.5x (exact 1.1x).  Exact
-mode does imagehash's work (full decode 1.6 ms, LANCZOS to 32x32 1.4 ms here) plus the
-sha256 of the bytes, so it can match imagehash, not beat it.  Fast mode is bound by
-libjpeg's entropy decoding, which no draft avoids (0.9 of its 1.0 ms on textured photos).
+At 1600x1200 fast mode was 3.2-3.4x imagehash, at 4000x3000 4.1-4.5x.  Exact mode does
+imagehash's work (full decode 1.6 ms, LANCZOS to 32x32 1.2-1.4 ms) plus the sha256 of the
+bytes; its LANCZOS gives Pillow's very bits in half the time (`datamill.media.resample`:
+matrix products, from the second picture of a size on), which puts it ahead (the rows
+above were measured before that; see BENCHMARKS.md for the current figures).  Fast mode is
+bound by libjpeg's entropy decoding, which no draft avoids (0.9 of its 1.0 ms on textured
+photos).
 
 Fast against exact mode on the 300 textured photos (identical hashes, mean and largest
 Hamming distance): phash 90%, 0.19, 2; dhash 73%, 0.31, 2; ahash 90%, 0.11, 2; whash 91%,
@@ -59,6 +62,7 @@ import numpy as np
 from PIL import Image
 
 from . import image as _image
+from . import resample
 from .image import DEFAULT_MAX_PIXELS, ImageError
 
 __all__ = ["HASH_KINDS", "FAST_DRAFT_SIDE", "ImageHashes", "hash_image", "hash_images", "phash_batch",
@@ -232,7 +236,11 @@ def _decode(source: Source, kinds: tuple[str, ...], fast: bool, max_pixels: int)
         img.draft("L", (FAST_DRAFT_SIDE, FAST_DRAFT_SIDE))
     pixels, _ = _image._decode(img, keep_alpha=False, draft_size=None)
     gray = pixels if pixels.mode == "L" else pixels.convert("L")
-    small = {k: np.asarray(gray.resize(_SMALL_SIZE[k], _LANCZOS)) for k in kinds if k in _SMALL_SIZE}
+    if gray.width * gray.height >= resample.MIN_PIXELS:  # Pillow's LANCZOS bits, faster
+        array = np.asarray(gray)
+        small = {k: resample.resize_gray(array, _SMALL_SIZE[k]) for k in kinds if k in _SMALL_SIZE}
+    else:
+        small = {k: np.asarray(gray.resize(_SMALL_SIZE[k], _LANCZOS)) for k in kinds if k in _SMALL_SIZE}
     return _Decoded(small, _whash(gray) if "whash" in kinds else None, width, height, sha256, nbytes)
 
 
