@@ -32,7 +32,6 @@ ShardInfo(shard_id=12, path='out/00012.tar', count=1, bytes=10240)
 from __future__ import annotations
 
 import abc
-import io
 import json
 import operator
 import os
