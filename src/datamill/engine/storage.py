@@ -105,7 +105,7 @@ class Dst:
 
     def remote(self, rel: str = "") -> str:
         """The filesystem path of `rel` under a URL DST (no protocol)."""
-        self.fs
+        self.fs  # noqa: B018 - makes the filesystem and its root, once per process
         return f"{self._root}/{rel}" if rel else self._root
 
     def check_writable(self) -> None:
