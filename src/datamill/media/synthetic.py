@@ -15,9 +15,13 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+
+if TYPE_CHECKING:  # imported where used: PIL is slow to import
+    from PIL import Image
 
 # The code region: CODE_ROWS x CODE_COLS cells in the upper part of the frame, holding
 # NUMBER_BITS bits of the frame number followed by CHECK_BITS bits of checksum.
@@ -246,7 +250,7 @@ def draw_image(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def _image_of_mode(picture: np.ndarray, mode: str) -> "PIL.Image.Image":
+def _image_of_mode(picture: np.ndarray, mode: str) -> Image.Image:
     from PIL import Image
 
     rgb = Image.fromarray(picture)
