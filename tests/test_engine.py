@@ -443,6 +443,25 @@ def test_task_ids_continue_across_runs(tmp_path):
     assert Ledger(dst / "_datamill" / "state.sqlite").next_task_id > first
 
 
+def test_jobs_learn_the_cores_each_worker_has(tmp_path, monkeypatch):
+    """Video codecs size their threads by `job.cores_per_worker`: the machine's cores shared
+    among the workers (one each when every core runs a worker), all of them for one worker."""
+    from datamill.engine.local import LocalExecutor
+    from datamill.engine.serial import SerialExecutor
+    from datamill.jobs.clips import ClipsJob
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert LocalExecutor(2).cores_per_worker() == 4
+    assert LocalExecutor(8).cores_per_worker() == 1 == LocalExecutor(16).cores_per_worker()
+    assert SerialExecutor().cores_per_worker() == 8
+    src = _tree(tmp_path / "src", {"a.txt": "x"})
+    job = UpperJob(src, tmp_path / "dst")
+    assert run_job(job, RunOptions(quiet=True, workers=2)).exit_code == 0
+    assert job.cores_per_worker == 4
+    clips = ClipsJob(src, tmp_path / "clips")
+    clips.cores_per_worker = 3
+    assert clips.runner().fn.keywords["threads"] == 3
+
+
 def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
     import io
     from datamill.engine.progress import Progress

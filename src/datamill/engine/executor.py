@@ -51,6 +51,11 @@ class Executor(ABC):
     def poll(self, timeout: float) -> list[Done]:
         """Wait up to `timeout` seconds; return the tasks that finished or crashed."""
 
+    def cores_per_worker(self) -> int:
+        """Cores each worker has to itself, for work that can use threads (video codecs size
+        their thread pools by it): this machine's cores shared among the workers, at least 1."""
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
     def set_prefetch(self, tasks_per_worker: int) -> None:
         """How many tasks a worker may hold (running plus queued); a hint, default ignored.
         Queued tasks hide the driver's latency for short tasks but pin long ones to a

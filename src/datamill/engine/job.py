@@ -37,6 +37,9 @@ class Job(ABC):
     manifest_fields: list[pa.Field] = []
     batch_size: int | None = 1  # None lets the engine batch tiny items
     task_seconds = 0.01  # with batch_size None: about how long a batched task should take
+    # Set by the engine before `runner()`: the cores each worker has to itself (work that can
+    # use threads, such as video codecs, sizes its thread pools by it).
+    cores_per_worker = 1
     unit = "item"
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike | Dst):

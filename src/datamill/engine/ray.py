@@ -103,6 +103,9 @@ class RayExecutor(Executor):
         self._task: Any = None
         self._inflight: dict[Any, _Task] = {}  # object ref -> task, in the order submitted
 
+    def cores_per_worker(self) -> int:
+        return max(1, int(self.cpus_per_task or 1))  # what Ray reserves for each task
+
     # -- life cycle ---------------------------------------------------------------------
     def start(self, runner: TaskRunner, timeout: float | None = None) -> None:
         if not ray.is_initialized():

@@ -205,6 +205,7 @@ class _Run:
         started = time.time()
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
+        self.job.cores_per_worker = executor.cores_per_worker()
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
                                retries=self.opts.retries,
                                timeout=self.job.task_timeout(self.opts.timeout),

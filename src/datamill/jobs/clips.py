@@ -110,7 +110,7 @@ def clip_output(folder: Path, prefix: str, index: int, opts: ClipOptions, source
     return str(folder / f"{name}{suffix}")
 
 
-def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple) -> list[dict]:
+def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple, threads: int = 0) -> list[dict]:
     """Run in a worker: plan a video, or cut one task of its clips (into DST, or into a local
     folder uploaded to a URL DST when the task is done)."""
     if payload[0] == "plan":
@@ -123,7 +123,7 @@ def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple) -> list[dict]:
             path, clip_task,
             out_paths=lambda spec: clip_output(folder, prefix, spec.index, opts, Path(path).suffix),
             size=tuple(geometry["size"]) if geometry["size"] else None, codec=opts.codec,
-            crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio)
+            crf=opts.crf, preset=opts.preset, fmt=opts.format, audio=opts.audio, threads=threads)
     records = []
     for r in results:
         rec = dataclasses.asdict(r)
@@ -189,7 +189,9 @@ class ClipsJob(TreeJob):
                        mtime=e.mtime)
 
     def runner(self) -> TaskRunner:
-        return TaskRunner(functools.partial(clips_worker, self.opts, self.dst))
+        # FFmpeg's own thread count (0) would start several decoder, scaler and encoder threads
+        # in every worker: with a worker per core, one thread each spends less CPU per frame.
+        return TaskRunner(functools.partial(clips_worker, self.opts, self.dst, threads=self.cores_per_worker))
 
     def expand(self, item: Item, records: list[dict]) -> Iterator[Item]:
         for task in records:
