@@ -67,22 +67,27 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\
 _ORIENTATION_TAG = 0x0112
 _SWAPS_SIDES = (5, 6, 7, 8)
 _WHITE = (255, 255, 255)
-# Resizing, measured on textured synthetic photos (JPEG q90) resized to 341x256, CPU time
-# of open + decode + resize (best of 15, one core of a shared 2-core machine); PSNR against
-# a float resize of the full decode with an area (box) and with a Lanczos filter:
-#                             4000x3000: area  lanczos    ms   1600x1200: area  lanczos   ms
-#   no draft, LANCZOS                  40.3   58.6    179               37.0   57.9    31.5
-#   draft >= 2x target, LANCZOS        40.3   55.2     59               36.8   50.8    15.4
-#   draft >= 2x target, BICUBIC        42.1   48.6     56               39.1   44.7    14.0
-#   draft >= 1x target, LANCZOS        37.9   41.3     47               35.0   39.6    11.0
-# Drafting to twice the target loses nothing against the full decode (the DCT scaling is a
-# good low-pass filter) at 1/3 to 1/2 of the time; drafting down to the target itself loses
-# 2-3 dB (aliasing).  reducing_gap on top of the draft changed nothing but time.  Downscaling
-# uses BOX, which is the area average itself (img2dataset's and OpenCV's INTER_AREA) and the
-# fastest: 640x480 -> 341x256 took 1.7 ms against BICUBIC's 3.8 and LANCZOS's 5.5 (same
-# shared machine, Pillow 13); enlarging uses BICUBIC.
-_DRAFT_GAP = 2.0
-_DOWNSCALE = Image.Resampling.BOX
+# Downscaling: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still holds the
+# target, then Pillow's BILINEAR, which shrinks with a triangle filter as wide as the scale
+# (antialiased, as torchvision's default Resize).  Measured (bench/download.py's image mix:
+# 9 sizes from 400x300 to 1600x1200, and photo-like textured JPEGs up to 4000x3000), resize
+# to a short side of 256 and JPEG q95, CPU per image on one core, PSNR of the output against
+# the full decode resized in float by area (OpenCV INTER_AREA) and by a Gaussian low-pass
+# then Lanczos (a neutral reference):
+#                                    server mix                 textured photos
+#                                ms    area  neutral         ms    area  neutral
+#   img2dataset (OpenCV, area)   7.0   36.3   36.5         51.4   40.5   37.9
+#   BOX, draft >= 2x target      5.7   34.9   34.8         26.3   38.4   36.1   (before)
+#   BILINEAR, draft >= 2x        6.8   35.7   37.7         25.4   38.9   41.0
+#   BILINEAR, draft >= 1x        4.5   35.5   37.4         18.9   39.1   40.3   (chosen)
+#   HAMMING, draft >= 1x         4.7   35.4   36.1         19.5   39.3   36.9
+#   LANCZOS, draft >= 1x         7.1   35.3   36.3
+# Pillow's BOX is not an area average at fractional scales (each source pixel counts 0 or 1,
+# by its centre: 31.9 dB against INTER_AREA for 400x300 -> 341x256), so it lost on quality
+# and, drafting twice the target, on time.  With a real low-pass filter the DCT scaling down
+# to the target itself costs nothing measurable.  Enlarging uses BICUBIC.
+_DRAFT_GAP = 1.0
+_DOWNSCALE = Image.Resampling.BILINEAR
 _UPSCALE = Image.Resampling.BICUBIC
 
 PathOrBytes = str | os.PathLike | bytes | bytearray | memoryview
