@@ -26,6 +26,9 @@ from getrusage of waited-for children), which other work disturbs least.
      as it is), extract_exif False (datamill does not extract EXIF), compute_hash sha256
      (datamill hashes every image too), incremental_mode incremental into a fresh folder
      (img2dataset 1.47's `overwrite` deletes its own _tmp folder and fails).
+   Output quality of the last run of each: the mean PSNR of every 10th output JPEG against the
+   source picture decoded in full and resized in float by area (img2dataset's own filter) and
+   by a Gaussian low-pass then Lanczos (a neutral reference).
 2. No hang: `HANG_URLS` URLs of the same mix with every 100th replaced by `/drip/<n>.jpg`
    (a JPEG header, then 16 bytes every 0.5 s for ever; the list's last URL is one), timeout
    5 s, shards of URLs/10, against the same list without the drips.  The tail: from the last
@@ -351,6 +354,47 @@ def tar_images(dst: Path) -> int:
     return n
 
 
+def output_quality(dst: Path, every: int = 10) -> dict:
+    """Mean PSNR of a tool's output JPEGs against references made from the source picture
+    (the server's, rebuilt from the URL): its full decode resized in float by area, and by a
+    Gaussian low-pass (sigma half the scale) then Lanczos."""
+    import io
+    import urllib.parse
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from datamill.io.imageserver import make_jpeg
+    cv2.setNumThreads(1)
+    area, neutral, kb = [], [], []
+    for path in sorted(glob.glob(str(dst / "*.tar"))):
+        with tarfile.open(path) as tf:
+            members = {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+        for k, name in enumerate(sorted(n for n in members if n.endswith(".jpg"))):
+            if k % every:
+                continue
+            meta = json.loads(members[name[:-4] + ".json"])
+            url = urllib.parse.urlsplit(meta["url"])
+            n = int(url.path.rsplit("/", 1)[1].split(".")[0])
+            args = {a: int(v[0]) for a, v in urllib.parse.parse_qs(url.query).items()}
+            source = np.asarray(Image.open(io.BytesIO(make_jpeg(n % POOL, args["w"], args["h"], args["q"])))
+                                .convert("RGB"), np.float32)
+            out = np.asarray(Image.open(io.BytesIO(members[name])).convert("RGB"), np.float64)
+            size = (out.shape[1], out.shape[0])
+            if size == (source.shape[1], source.shape[0]):
+                continue  # not resized
+            refs = (cv2.resize(source, size, interpolation=cv2.INTER_AREA),
+                    cv2.resize(cv2.GaussianBlur(source, (0, 0), 0.5 * source.shape[0] / size[1]), size,
+                               interpolation=cv2.INTER_LANCZOS4))
+            a, b = (10 * np.log10(255 ** 2 / np.mean((out - r) ** 2)) for r in refs)
+            area.append(a)
+            neutral.append(b)
+            kb.append(len(members[name]) / 1000)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    return {"n": len(area), "area": mean(area), "neutral": mean(neutral), "kb": mean(kb)}
+
+
 TOOLS = {
     "datamill": (datamill_argv, datamill_result),
     "img2dataset": (i2d_argv, i2d_result),
@@ -477,6 +521,12 @@ def throughput(srv: Server, urls: Path, n: int, shard: int, repeat: int, work: P
         notes.append("throughput, each round: datamill / img2dataset wall clock (other work on the "
                      "machine during datamill's run / img2dataset's, in cores): " + ", ".join(
                          f"{a:.2f}x ({od:.2f} / {oi:.2f})" for a, _, od, oi in rounds))
+    quality = {tool: output_quality(work / f"throughput-{tool}") for tool in runs}
+    notes.append("output quality (last run, every 10th image): mean PSNR of each tool's JPEGs against the "
+                 "source decoded in full and resized in float by area (OpenCV INTER_AREA: img2dataset's "
+                 "own filter) / by a Gaussian low-pass then Lanczos (a neutral reference): " + "; ".join(
+                     f"{t} {q['area']:.2f} / {q['neutral']:.2f} dB over {q['n']} images, {q['kb']:.1f} kB each"
+                     for t, q in quality.items() if q["n"]))
     everyone = [x for rs in runs.values() for x in rs]
     notes.append("during the throughput runs the image server used "
                  f"{median([x['server_cores'] for x in everyone]):.2f} cores and other work on the "
