@@ -1,9 +1,11 @@
 """Executor `ray` against `local` on the same clips job (2 workers), and Ray's fixed start-up cost.
 
-    .venv/bin/python bench/ray.py [--quick] [--repeat N] [--workdir bench/_data]
+    .venv/bin/python bench/ray.py [--quick] [--repeat N] [--copies 3] [--workdir bench/_data]
 
 The job: generated 1080p H.264 videos (x264, B-frames, GOP 250; twelve short ones and one long
-one, about 2 minutes of work on 2 cores), cut into 64-frame clips at 565x320, codec h264.
+one), each reached `--copies` times through hard links in folders copy0/, copy1/, ... (default
+3: 32,400 source frames, about 2 minutes of work on 2 quiet cores), cut into 64-frame clips at
+565x320, codec h264.
 Each run is a fresh Python process; local and Ray runs alternate; every figure is the median
 of N runs (default 3).
 
@@ -114,10 +116,26 @@ def child(method: str, src: str, dst: str) -> dict:
     return out
 
 
+def replicate(src: Path, copies: int) -> Path:
+    """A folder reaching every video of `src` `copies` times (hard links: no generation; the
+    job would skip symlinks to a file it already met)."""
+    if copies <= 1:
+        return src
+    root = src.with_name(f"{src.name}-x{copies}")
+    for k in range(copies):
+        for video in sorted(src.rglob("*.mp4")):
+            link = root / f"copy{k}" / video.relative_to(src)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.link(video, link)
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small corpus: a smoke run")
     ap.add_argument("--repeat", type=int, default=None, help="runs per executor (default 3; 1 with --quick)")
+    ap.add_argument("--copies", type=int, default=None, help="times each video is reached (default 3; 1 with --quick)")
     ap.add_argument("--workdir", type=Path, default=Path(__file__).parent / "_data")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -126,6 +144,8 @@ def main() -> None:
         return
     repeat = args.repeat or (1 if args.quick else 3)
     src, frames = corpus(args.workdir, args.quick)
+    copies = args.copies or (1 if args.quick else 3)
+    src, frames = replicate(src, copies), frames * copies
     out_root = args.workdir / f"ray-out-{'quick' if args.quick else 'full'}"
     runs: dict[str, list[dict]] = {"local": [], "ray": []}
     for i in range(repeat):
