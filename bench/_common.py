@@ -96,3 +96,39 @@ def wait_until_quiet(max_wait: float, threshold: float = 15.0) -> float:
     while time.monotonic() - start < max_wait and psutil.cpu_percent(interval=1.0) >= threshold:
         pass
     return time.monotonic() - start
+
+
+def _make_video(job: tuple[str, int, tuple[int, int], dict]) -> str:
+    from pathlib import Path
+
+    from datamill.media.synthetic import make_video
+    path, frames, size, encoding = job
+    tmp = Path(path).with_name(".tmp-" + Path(path).name)
+    make_video(tmp, frames, size=size, pattern="moving", **encoding)
+    os.replace(tmp, path)
+    return path
+
+
+def video_corpus(root: Any, wanted: dict, videos: Sequence[tuple[Any, int]], size: tuple[int, int],
+                 encoding: dict, workers: int = 2) -> bool:
+    """Generate `videos` ((path, frames) under `root`, moving synthetic pictures) once: they are
+    made again only when `root/corpus.json` differs from `wanted` or a video is missing.
+    Returns True when it generated them."""
+    import multiprocessing
+    import shutil
+    from pathlib import Path
+    root = Path(root)
+    marker = root / "corpus.json"
+    if marker.exists() and json.loads(marker.read_text()) == wanted and all(Path(p).exists() for p, _ in videos):
+        return False
+    shutil.rmtree(root, ignore_errors=True)
+    for p, _ in videos:
+        Path(p).parent.mkdir(parents=True, exist_ok=True)
+    print(f"generating the corpus in {root} (once) ...", flush=True)
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for _ in pool.imap_unordered(_make_video, [(str(p), n, size, encoding) for p, n in videos]):
+            pass
+    marker.write_text(json.dumps(wanted))
+    print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+    return True

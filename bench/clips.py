@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import machine, median, peak_rss_mb, ratio, run_child, table
+from _common import machine, median, peak_rss_mb, ratio, run_child, table, video_corpus
 
 WORKERS = 2
 CLIP_FRAMES = 64
@@ -59,40 +59,18 @@ QUIET_WAIT = (120.0, 20.0)  # seconds: in all, before one run (waiting for other
 
 
 # -- corpus ----------------------------------------------------------------------------------
-def _make_one(job: tuple[str, int, tuple[int, int]]) -> str:
-    from datamill.media.synthetic import make_video
-    path, frames, size = job
-    tmp = Path(path).with_name(".tmp-" + Path(path).name)
-    make_video(tmp, frames, size=size, pattern="moving", **ENCODING)
-    os.replace(tmp, path)
-    return path
-
-
 def corpus(workdir: Path, quick: bool) -> dict:
     """Generate the corpus once (cached in workdir); return its description."""
     spec = CORPORA[quick]
     root = workdir / f"clips-corpus-{'quick' if quick else 'full'}"
-    marker = root / "corpus.json"
     wanted = {**spec, **ENCODING, "size": list(spec["size"])}
     short, long_ = root / "short", root / "long"
     # A small tree mixed with other files, as the seed's.
     shorts = [short / f"day{1 + i * 2 // spec['short']}" / f"cam{i:02d}.mp4" for i in range(spec["short"])]
     long_path = long_ / "long.mp4"
-    if not (marker.exists() and json.loads(marker.read_text()) == wanted
-            and all(p.exists() for p in [*shorts, long_path])):
-        shutil.rmtree(root, ignore_errors=True)
-        for p in [*shorts, long_path]:
-            p.parent.mkdir(parents=True, exist_ok=True)
+    videos = [(long_path, spec["long_frames"])] + [(p, spec["short_frames"]) for p in shorts]
+    if video_corpus(root, wanted, videos, spec["size"], ENCODING, WORKERS):
         (short / "notes.txt").write_text("not a video\n")
-        jobs = [(str(long_path), spec["long_frames"], spec["size"])]
-        jobs += [(str(p), spec["short_frames"], spec["size"]) for p in shorts]
-        print(f"generating the corpus in {root} (once) ...", flush=True)
-        start = time.perf_counter()
-        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-            for _ in pool.imap_unordered(_make_one, jobs):
-                pass
-        marker.write_text(json.dumps(wanted))
-        print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
     return {
         "short": {"src": short, "videos": sorted(shorts), "frames": spec["short"] * spec["short_frames"]},
         "long": {"src": long_, "videos": [long_path], "frames": spec["long_frames"]},

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from _common import machine, machine_busy_cpu, median, ratio, run_child, table, wait_until_quiet
+from _common import (machine, machine_busy_cpu, median, ratio, run_child, table, video_corpus,
+                     wait_until_quiet)
 
 # This file is named ray.py: once _common is imported, its folder must not hide the ray package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -47,15 +47,6 @@ QUIET_WAIT = 20.0  # seconds at most before a run, waiting for other work to sto
 
 
 # -- corpus ----------------------------------------------------------------------------------
-def _make_one(job: tuple[str, int, tuple[int, int]]) -> str:
-    from datamill.media.synthetic import make_video
-    path, frames, size = job
-    tmp = Path(path).with_name(".tmp-" + Path(path).name)
-    make_video(tmp, frames, size=size, pattern="moving", **ENCODING)
-    os.replace(tmp, path)
-    return path
-
-
 def corpus(workdir: Path, quick: bool) -> tuple[Path, int]:
     """Generate the videos once (cached in workdir); return (folder, source frames)."""
     spec = CORPORA[quick]
@@ -64,22 +55,8 @@ def corpus(workdir: Path, quick: bool) -> tuple[Path, int]:
     videos = [root / "short" / f"cam{i:02d}.mp4" for i in range(spec["short"])]
     long_path = root / "long" / "long.mp4"
     frames = spec["short"] * spec["short_frames"] + spec["long_frames"]
-    marker = root / "corpus.json"
-    if marker.exists() and json.loads(marker.read_text()) == wanted and long_path.exists() \
-            and all(p.exists() for p in videos):
-        return root, frames
-    shutil.rmtree(root, ignore_errors=True)
-    for p in [*videos, long_path]:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    jobs = [(str(long_path), spec["long_frames"], spec["size"])]
-    jobs += [(str(p), spec["short_frames"], spec["size"]) for p in videos]
-    print(f"generating the corpus in {root} (once) ...", flush=True)
-    start = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-        for _ in pool.imap_unordered(_make_one, jobs):
-            pass
-    marker.write_text(json.dumps(wanted))
-    print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
+    video_corpus(root, wanted, [(long_path, spec["long_frames"])] + [(p, spec["short_frames"]) for p in videos],
+                 spec["size"], ENCODING, WORKERS)
     return root, frames
 
 
