@@ -25,25 +25,25 @@ Fast mode (``fast=True``) lets JPEGs decode at 1/2, 1/4 or 1/8 scale (DCT scalin
 libjpeg) to no less than `FAST_DRAFT_SIDE` pixels a side, and in gray (libjpeg's own luma,
 with no colour conversion), then hashes the same way.  Other formats decode as in exact mode.
 
-Measured on one core of a shared 2-core machine (CPU time, best of 5-7 interleaved rounds:
-other jobs kept the load average at 6-10; Pillow 13, NumPy 2.4, SciPy 1.17), phash only,
-300 generated 640x480 JPEGs of quality 75-95 as bytes in memory, images per second:
+Measured by bench/dedup.py (one core, CPU time, best of 7 interleaved rounds, quiet machine;
+Pillow 13, NumPy 2.4, SciPy 1.17), phash only, 300 generated 640x480 JPEGs (q90) read from
+files, images per second:
 
-                                      textured photos, 75 kB    smooth pictures, 22 kB
-    imagehash.phash(Image.open(f))        308    1.00x              395    1.00x
-    hash_image(data)                      300    0.98x              370    0.94x
-    hash_images(batch)                    319    1.04x              393    1.00x
-    hash_image(data, fast=True)           877    2.85x             1709    4.33x
-    hash_images(batch, fast=True)         979    3.18x             2039    5.16x
+                                      textured photos, 97 kB    smooth scenes, 26 kB
+    imagehash.phash(Image.open(p))        231    1.00x              302    1.00x
+    hash_image(p)                         275    1.19x              361    1.20x
+    hash_images(paths)                    306    1.33x              429    1.42x
+    hash_image(p, fast=True)              672    2.91x             1309    4.34x
+    hash_images(paths, fast=True)         709    3.07x             1677    5.56x
+    decode alone, gray at 1/8 scale       839    3.64x             2219    7.36x
 
-(textured: `synthetic.draw_image` plus noise at two scales; smooth: `synthetic.make_image`.)
-At 1600x1200 fast mode was 3.2-3.4x imagehash, at 4000x3000 4.1-4.5x.  Exact mode does
-imagehash's work (full decode 1.6 ms, LANCZOS to 32x32 1.2-1.4 ms) plus the sha256 of the
-bytes; its LANCZOS gives Pillow's very bits in half the time (`datamill.media.resample`:
-matrix products, from the second picture of a size on), which puts it ahead (the rows
-above were measured before that; see BENCHMARKS.md for the current figures).  Fast mode is
-bound by libjpeg's entropy decoding, which no draft avoids (0.9 of its 1.0 ms on textured
-photos).
+(textured: scenes plus noise at two scales, like photos; smooth: the scenes alone.)  Exact
+mode does imagehash's work (full decode, then LANCZOS to 32x32: 1.2-1.4 ms of imagehash's ~3)
+plus the sha256 of the bytes, but its LANCZOS gives Pillow's very bits in half the time
+(`datamill.media.resample`: matrix products, from the second picture of a size on), and
+`hash_images` (what the dedup job runs) computes the DCTs of a batch together.  Fast mode
+is bound by libjpeg's entropy decoding, which no scaled decode avoids: on textured photos
+decoding alone is 3.2-3.6x imagehash, and fast mode measured 2.0-3.1x across runs.
 
 Fast against exact mode on the 300 textured photos (identical hashes, mean and largest
 Hamming distance): phash 90%, 0.19, 2; dhash 73%, 0.31, 2; ahash 90%, 0.11, 2; whash 91%,
