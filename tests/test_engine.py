@@ -467,12 +467,13 @@ def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
     from datamill.engine.progress import Progress
     out = io.StringIO()
     p = Progress("datamill test", quiet=False, interval=0.0, stream=out)
-    p.update("ok")
+    p.update("ok", nbytes=3_000_000)
     p.update("failed", "timeout")
     p.tick(in_flight_done=7)
     text = out.getvalue()
     assert "datamill test: 2 items done" in text
     assert "failed 1 (timeout 1)" in text and "7 more in running tasks" in text
+    assert "50.0% ok" in text and " MB/s" in text
     quiet = io.StringIO()
     q = Progress("x", quiet=True, interval=0.0, stream=quiet)
     q.update("ok")

@@ -8,7 +8,8 @@ from typing import TextIO
 
 
 class Progress:
-    """Count outcomes as they come and show them (items, rate, ETA, failures so far)."""
+    """Count outcomes as they come and show them (items, rate, MB/s of the bytes the job's
+    records report, the share that succeeded, ETA, failures so far and their top classes)."""
 
     def __init__(self, desc: str, *, total: int | None = None, quiet: bool = False,
                  interval: float = 10.0, stream: TextIO | None = None, unit: str = "item"):
@@ -20,6 +21,7 @@ class Progress:
         self.counts: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.done = 0
+        self.bytes = 0
         self.total = total
         self.started = time.monotonic()
         self._last_show = self.started
@@ -33,8 +35,9 @@ class Progress:
                              dynamic_ncols=True, smoothing=0.1)
             self.interval = 0.2
 
-    def update(self, status: str, reason: str | None = None, n: int = 1) -> None:
+    def update(self, status: str, reason: str | None = None, n: int = 1, nbytes: int = 0) -> None:
         self.done += n
+        self.bytes += nbytes
         self._pending += n
         self.counts[status] += n
         if status == "failed":
@@ -65,7 +68,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._pending)
             self._pending = 0
-            self._bar.set_postfix_str(self._failure_text() + running, refresh=True)
+            self._bar.set_postfix_str(self._volume_text(now) + self._failure_text() + running, refresh=True)
             return
         done = self.done + self._in_flight
         rate = done / max(now - self.started, 1e-9)
@@ -73,8 +76,16 @@ class Progress:
         eta = ""
         if self.total and rate > 0:
             eta = f", ETA {_duration((self.total - done) / rate)}"
-        print(f"{self.desc}: {self.done}{of} {self.unit}s done{running}, {rate:.1f}/s{eta}; "
-              f"{self._failure_text()}", file=self.stream, flush=True)
+        print(f"{self.desc}: {self.done}{of} {self.unit}s done{running}, {rate:.1f}/s{eta}, "
+              f"{self._volume_text(now)}{self._failure_text()}", file=self.stream, flush=True)
+
+    def _volume_text(self, now: float) -> str:
+        """MB/s (when the job's records report bytes) and the share of finished items that
+        succeeded; '' before anything finished."""
+        if not self.done:
+            return ""
+        mb = f"{self.bytes / 1e6 / max(now - self.started, 1e-9):.1f} MB/s, " if self.bytes else ""
+        return f"{mb}{100 * self.counts.get('ok', 0) / self.done:.1f}% ok; "
 
     def _failure_text(self) -> str:
         failed = self.counts.get("failed", 0)
