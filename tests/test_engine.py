@@ -391,6 +391,26 @@ def test_batch_runner_gets_whole_tasks_and_a_killer_is_isolated_by_halves():
     assert sorted(k for k, r in results.items() if r.status == "failed") == ["bad", "kill"]
 
 
+def _reporting_batch(task, payloads):
+    from datamill.engine.task import failed, ok
+    out = []
+    for p in payloads:
+        out.append(ok(p) if p % 4 else failed("bad", "every fourth"))
+        task.advance(outcome=out[-1][0], nbytes=10)
+    return out
+
+
+def test_batch_runners_report_outcomes_as_they_happen():
+    from datamill.engine.local import LocalExecutor
+    ex = LocalExecutor(2)
+    assert list(Scheduler(ex, TaskRunner(batch_fn=_reporting_batch), ((i, i) for i in range(40)),
+                          retries=0, batch_size=8))
+    try:
+        assert ex.outcomes_so_far() == (30, 10, 400)  # every task's items, finished or not
+    finally:
+        ex.shutdown()
+
+
 def _naming_batch(log, task, payloads):
     from datamill.engine.task import ok
     with open(log, "a") as f:
@@ -474,6 +494,8 @@ def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
     assert "datamill test: 2 items done" in text
     assert "failed 1 (timeout 1)" in text and "7 more in running tasks" in text
     assert "50.0% ok" in text and " MB/s" in text
+    p.tick(in_flight_done=7, live=(3, 1, 0))  # reported by batch runners as they happen
+    assert "75.0% ok" in out.getvalue().splitlines()[-1]
     quiet = io.StringIO()
     q = Progress("x", quiet=True, interval=0.0, stream=quiet)
     q.update("ok")

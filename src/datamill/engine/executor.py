@@ -70,6 +70,11 @@ class Executor(ABC):
         """Items finished inside tasks still running (batch runners report them); for progress."""
         return 0
 
+    def outcomes_so_far(self) -> tuple[int, int, int] | None:
+        """(succeeded, not succeeded, bytes) of the items batch runners reported with
+        `TaskContext.advance(outcome=...)`, finished tasks or not; None when none did."""
+        return None
+
     @abstractmethod
     def shutdown(self, cancel: bool = False, grace: float = 0.0) -> list[Done]:
         """Stop.  With `cancel`, begin no new task, wait up to `grace` seconds for running

@@ -23,8 +23,9 @@ from .executor import Executor, TaskEncodingError, WorkerInitError
 from .task import Crash, Done, TaskRunner, error_info, picklable_results
 
 PREFETCH = 2  # tasks held by one worker for short tasks: one running, one ready to start
-_FIELDS = 4  # per worker in the status array: task id, item index, item start (monotonic),
-# items a batch has finished so far
+_FIELDS = 7  # per worker in the status array: task id, item index, item start (monotonic),
+# items a batch has finished so far; then, over all its tasks, items a batch runner reported
+# as succeeded, as not succeeded, and their bytes (for progress as it happens)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -85,7 +86,7 @@ class LocalExecutor(Executor):
     def start(self, runner: TaskRunner, timeout: float | None = None) -> None:
         self._runner = runner
         self._timeout = timeout
-        self._status = self._ctx.RawArray("d", [-1.0] * (_FIELDS * self.workers))
+        self._status = self._ctx.RawArray("d", [-1.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0] * self.workers)
         self._stopping = self._ctx.Event()
         self._workers = [self._spawn(slot) for slot in range(self.workers)]
 
@@ -140,6 +141,11 @@ class LocalExecutor(Executor):
     def in_progress(self) -> int:
         return sum(int(self._status[w.slot * _FIELDS + 3]) for w in self._workers
                    if w.held and self._status[w.slot * _FIELDS] == w.held[0])
+
+    def outcomes_so_far(self) -> tuple[int, int, int] | None:
+        s = self._status
+        ok, other, nbytes = (int(sum(s[slot * _FIELDS + k] for slot in range(self.workers))) for k in (4, 5, 6))
+        return (ok, other, nbytes) if ok or other else None
 
     def submit(self, task_id: int, payloads: Sequence[Any]) -> None:
         try:

@@ -28,6 +28,7 @@ class Progress:
         self._bar = None
         self._pending = 0
         self._in_flight = 0
+        self._live: tuple[int, int, int] | None = None
         if not quiet and self.stream.isatty():
             from tqdm import tqdm
             tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
@@ -46,10 +47,13 @@ class Progress:
         if now - self._last_show >= self.interval:
             self._show(now)
 
-    def tick(self, in_flight_done: int = 0) -> None:
+    def tick(self, in_flight_done: int = 0, live: tuple[int, int, int] | None = None) -> None:
         """Refresh the display if due; `in_flight_done` counts items finished inside tasks
-        that are still running (shown, not yet counted as outcomes)."""
+        that are still running (shown, not yet counted as outcomes); `live` is (succeeded,
+        not succeeded, bytes) as batch runners report them, running tasks included: when
+        given, the success rate and MB/s come from it."""
         self._in_flight = in_flight_done
+        self._live = live
         now = time.monotonic()
         if now - self._last_show >= self.interval:
             self._show(now)
@@ -82,10 +86,13 @@ class Progress:
     def _volume_text(self, now: float) -> str:
         """MB/s (when the job's records report bytes) and the share of finished items that
         succeeded; '' before anything finished."""
-        if not self.done:
+        ok, done, nbytes = self.counts.get("ok", 0), self.done, self.bytes
+        if self._live is not None:
+            ok, done, nbytes = self._live[0], self._live[0] + self._live[1], self._live[2]
+        if not done:
             return ""
-        mb = f"{self.bytes / 1e6 / max(now - self.started, 1e-9):.1f} MB/s, " if self.bytes else ""
-        return f"{mb}{100 * self.counts.get('ok', 0) / self.done:.1f}% ok; "
+        mb = f"{nbytes / 1e6 / max(now - self.started, 1e-9):.1f} MB/s, " if nbytes else ""
+        return f"{mb}{100 * ok / done:.1f}% ok; "
 
     def _failure_text(self) -> str:
         failed = self.counts.get("failed", 0)

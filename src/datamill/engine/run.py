@@ -213,7 +213,8 @@ class _Run:
                                task_seconds=self.job.task_seconds,
                                first_task_id=self.ledger.next_task_id,
                                on_start=lambda: self._check_nodes(executor),
-                               on_poll=lambda: self.progress.tick(executor.in_progress()))
+                               on_poll=lambda: self.progress.tick(executor.in_progress(),
+                                                                  executor.outcomes_so_far()))
         status, message = "completed", ""
         previous = _sigterm_as_interrupt()
         try:

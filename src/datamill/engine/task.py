@@ -160,10 +160,15 @@ class TaskContext:
             self._status[self._base + 1] = index
             self._status[self._base + 2] = time.monotonic()
 
-    def advance(self, n: int = 1) -> None:
+    def advance(self, n: int = 1, outcome: str | None = None, nbytes: int = 0) -> None:
+        """`n` more items of the task are done; `outcome` ("ok", "filtered", "failed") and
+        `nbytes` let the progress line show the success rate and MB/s as they happen."""
         self.done += n
         if self._status is not None:
             self._status[self._base + 3] = self.done
+            if outcome is not None:
+                self._status[self._base + (4 if outcome == OK else 5)] += n
+                self._status[self._base + 6] += nbytes
 
 
 def ok(value: Any) -> tuple:

@@ -73,7 +73,7 @@ def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: lis
     for i, (key, url, caption, kept, error) in enumerate(payloads):
         if error is not None:
             results[i] = failed("bad_row", error)
-            task.advance()
+            task.advance(outcome=results[i][0])
         else:
             requests.append((i, url or ""))
     writer = open_shard_writer(opts.output_format, dst, task.id)
@@ -81,7 +81,7 @@ def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: lis
     async def fetch_and_store() -> None:
         async for fetched in fetch_many(requests, opts.fetch):
             results[fetched.key] = store_image(opts, writer, task.id, payloads[fetched.key], fetched)
-            task.advance()
+            task.advance(outcome=results[fetched.key][0], nbytes=len(fetched.body or b""))
 
     try:
         asyncio.run(fetch_and_store())
