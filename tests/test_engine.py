@@ -19,30 +19,18 @@ from datamill.engine.executor import Executor
 from datamill.engine.run import RunOptions, run_job
 from datamill.engine.scheduler import Scheduler
 from datamill.engine.task import Crash, Done, TaskRunner
+from faults import hang_on_3, kill_on_7, ten_div
 from textjob import UpperJob
 
 HERE = Path(__file__).parent
 
 
-def _div(x):
-    return 10 // x
 
-
-def _kill_on_7(x):
-    if x == 7:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return x * 2
-
-
-def _hang_on_3(x):
-    if x == 3:
-        time.sleep(3600)
-    return x
 
 
 # -- pmap ------------------------------------------------------------------------------------
 def test_pmap_returns_every_item_once_with_errors_as_data():
-    results = list(pmap(_div, [1, 2, 0, 5], workers=2))
+    results = list(pmap(ten_div, [1, 2, 0, 5], workers=2))
     assert sorted(r.item for r in results) == [0, 1, 2, 5]
     by_item = {r.item: r for r in results}
     assert by_item[2].ok and by_item[2].value == 5
@@ -53,7 +41,7 @@ def test_pmap_returns_every_item_once_with_errors_as_data():
 
 def test_pmap_worker_killed_costs_only_its_item():
     start = time.monotonic()
-    results = list(pmap(_kill_on_7, range(30), workers=2, retries=1))
+    results = list(pmap(kill_on_7, range(30), workers=2, retries=1))
     assert time.monotonic() - start < 60
     failed = [r for r in results if not r.ok]
     assert [r.item for r in failed] == [7]
@@ -63,14 +51,14 @@ def test_pmap_worker_killed_costs_only_its_item():
 
 
 def test_pmap_poison_item_in_a_large_batch_is_isolated():
-    results = list(pmap(_kill_on_7, range(200), workers=2, batch_size=50, retries=0))
+    results = list(pmap(kill_on_7, range(200), workers=2, batch_size=50, retries=0))
     assert len(results) == 200
     assert [r.item for r in results if not r.ok] == [7]
 
 
 def test_pmap_item_past_deadline_is_killed():
     start = time.monotonic()
-    results = list(pmap(_hang_on_3, range(6), workers=2, timeout=2, retries=0))
+    results = list(pmap(hang_on_3, range(6), workers=2, timeout=2, retries=0))
     assert time.monotonic() - start < 30
     failed = [r for r in results if not r.ok]
     assert [(r.item, r.reason) for r in failed] == [(3, "timeout")]
@@ -113,8 +101,8 @@ def test_pmap_initializer_runs_once_per_worker():
 
 def test_pmap_serial_gives_the_same_results_as_local():
     items = [1, 2, 0, 5, 3]
-    local = sorted((r.item, r.ok, r.value) for r in pmap(_div, items, workers=2))
-    serial = sorted((r.item, r.ok, r.value) for r in pmap(_div, items, executor="serial"))
+    local = sorted((r.item, r.ok, r.value) for r in pmap(ten_div, items, workers=2))
+    serial = sorted((r.item, r.ok, r.value) for r in pmap(ten_div, items, executor="serial"))
     assert local == serial
 
 
@@ -487,15 +475,15 @@ def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
     from datamill.engine.progress import Progress
     out = io.StringIO()
     p = Progress("datamill test", quiet=False, interval=0.0, stream=out)
-    p.update("ok", nbytes=3_000_000)
+    p.update("ok")
     p.update("failed", "timeout")
     p.tick(in_flight_done=7)
     text = out.getvalue()
     assert "datamill test: 2 items done" in text
     assert "failed 1 (timeout 1)" in text and "7 more in running tasks" in text
-    assert "50.0% ok" in text and " MB/s" in text
-    p.tick(in_flight_done=7, live=(3, 1, 0))  # reported by batch runners as they happen
-    assert "75.0% ok" in out.getvalue().splitlines()[-1]
+    assert "50.0% ok" in text
+    p.tick(in_flight_done=7, live=(3, 1, 3_000_000))  # reported by batch runners as they happen
+    assert "75.0% ok" in out.getvalue().splitlines()[-1] and " MB/s" in out.getvalue().splitlines()[-1]
     quiet = io.StringIO()
     q = Progress("x", quiet=True, interval=0.0, stream=quiet)
     q.update("ok")

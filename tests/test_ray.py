@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from datamill.io.http import FetchOptions
 from datamill.io.imageserver import ImageServer
 from datamill.media.image import ImageOptions
 from datamill.media.synthetic import make_corrupt_file, make_image, make_video
+import faults
+from faults import hang_on_3, kill_on_7, ten_div
 
 try:
     import ray
@@ -36,20 +37,20 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
     """One local instance for the module; every executor below reuses it and leaves it up.
-    The functions below travel by value (Ray workers cannot import a test module), and the
-    workers reach the image server directly, whatever proxy the environment names."""
-    module = sys.modules[__name__]
-    ray.cloudpickle.register_pickle_by_value(module)
+    The functions below and those of tests/faults.py travel by value (Ray workers cannot
+    import a test module), and the workers reach the image server directly, whatever proxy
+    the environment names."""
+    modules = [sys.modules[__name__], faults]
+    for module in modules:
+        ray.cloudpickle.register_pickle_by_value(module)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
              runtime_env={"env_vars": {"no_proxy": "127.0.0.1,localhost"}})
     yield
     ray.shutdown()
-    ray.cloudpickle.unregister_pickle_by_value(module)
+    for module in modules:
+        ray.cloudpickle.unregister_pickle_by_value(module)
 
-
-def _div(x):
-    return 10 // x
 
 
 _INIT: dict = {}
@@ -63,16 +64,6 @@ def _report_init(x):
     return os.getpid(), dict(_INIT)
 
 
-def _kill_on_7(x):
-    if x == 7:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return x * 2
-
-
-def _hang_on_3(x):
-    if x == 3:
-        time.sleep(3600)
-    return x
 
 
 # -- pmap and the executor ---------------------------------------------------------------------
@@ -83,8 +74,8 @@ def test_pmap_on_ray_gives_the_same_values_and_errors_as_local():
         error = (r.error.error_class, r.error.type, r.error.message) if r.error else None
         return repr(r.item), r.status, r.value, r.reason, error
 
-    local = sorted(map(outcome, pmap(_div, items, workers=2)))
-    on_ray = [*pmap(_div, items, workers=2, executor="ray")]
+    local = sorted(map(outcome, pmap(ten_div, items, workers=2)))
+    on_ray = [*pmap(ten_div, items, workers=2, executor="ray")]
     assert sorted(map(outcome, on_ray)) == local
     assert "_div" in next(r for r in on_ray if r.item == 0).error.traceback
     assert ray.is_initialized()  # the executor left the instance it did not start
@@ -101,7 +92,7 @@ def test_the_initializer_runs_once_per_ray_worker_and_lambdas_travel():
 
 def test_a_task_that_kills_its_worker_costs_only_its_item():
     start = time.monotonic()
-    results = list(pmap(_kill_on_7, range(40), executor="ray", batch_size=10, retries=1))
+    results = list(pmap(kill_on_7, range(40), executor="ray", batch_size=10, retries=1))
     assert time.monotonic() - start < 120
     failed = [r for r in results if not r.ok]
     assert [(r.item, r.reason) for r in failed] == [(7, "worker_died")]
@@ -112,7 +103,7 @@ def test_a_task_that_kills_its_worker_costs_only_its_item():
 def test_a_task_past_its_deadline_is_cancelled_and_split():
     ex = get_executor("ray", 2, slack=5.0)  # slack: time for Ray to start a new worker
     start = time.monotonic()
-    results = list(Scheduler(ex, TaskRunner(_hang_on_3), ((i, i) for i in range(4)), retries=0,
+    results = list(Scheduler(ex, TaskRunner(hang_on_3), ((i, i) for i in range(4)), retries=0,
                              timeout=1.0, batch_size=2))
     assert time.monotonic() - start < 60
     failed = [r for r in results if not r.ok]

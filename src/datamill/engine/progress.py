@@ -8,8 +8,8 @@ from typing import TextIO
 
 
 class Progress:
-    """Count outcomes as they come and show them (items, rate, MB/s of the bytes the job's
-    records report, the share that succeeded, ETA, failures so far and their top classes)."""
+    """Count outcomes as they come and show them (items, rate, the share that succeeded, MB/s
+    when batch runners report bytes, ETA, failures so far and their top classes)."""
 
     def __init__(self, desc: str, *, total: int | None = None, quiet: bool = False,
                  interval: float = 10.0, stream: TextIO | None = None, unit: str = "item"):
@@ -21,7 +21,6 @@ class Progress:
         self.counts: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.done = 0
-        self.bytes = 0
         self.total = total
         self.started = time.monotonic()
         self._last_show = self.started
@@ -36,9 +35,8 @@ class Progress:
                              dynamic_ncols=True, smoothing=0.1)
             self.interval = 0.2
 
-    def update(self, status: str, reason: str | None = None, n: int = 1, nbytes: int = 0) -> None:
+    def update(self, status: str, reason: str | None = None, n: int = 1) -> None:
         self.done += n
-        self.bytes += nbytes
         self._pending += n
         self.counts[status] += n
         if status == "failed":
@@ -84,9 +82,9 @@ class Progress:
               f"{self._volume_text(now)}{self._failure_text()}", file=self.stream, flush=True)
 
     def _volume_text(self, now: float) -> str:
-        """MB/s (when the job's records report bytes) and the share of finished items that
-        succeeded; '' before anything finished."""
-        ok, done, nbytes = self.counts.get("ok", 0), self.done, self.bytes
+        """MB/s (when batch runners report bytes) and the share of items that succeeded; ''
+        before anything finished."""
+        ok, done, nbytes = self.counts.get("ok", 0), self.done, 0
         if self._live is not None:
             ok, done, nbytes = self._live[0], self._live[0] + self._live[1], self._live[2]
         if not done:

@@ -285,11 +285,7 @@ class _Run:
             self.ledger.record(it.key, it.stage, FAILED, e.error_class, error_type=e.type,
                                message=e.message, traceback=e.traceback, **common)
         self.this_run[status] += 1
-        nbytes = 0
-        if status == OK and isinstance(r.value, list):
-            nbytes = sum(rec["bytes"] for rec in r.value
-                         if isinstance(rec, dict) and isinstance(rec.get("bytes"), int))
-        self.progress.update(status, reason, nbytes=nbytes)
+        self.progress.update(status, reason)
         self._watch(it, status, reason, r, stop=watch)
 
     def _watch(self, it: Item, status: str, reason: str | None, r: Result, stop: bool) -> None:

@@ -122,10 +122,8 @@ class TaskRunner:
                 status[base + 2] = clock()
             try:
                 append((OK, fn(payload), None))
-            except Filtered as exc:
-                append((FILTERED, exc.reason, str(exc)))
             except Exception as exc:  # noqa: BLE001 - every item failure is data
-                append((FAILED, None, error_info(exc)))
+                append(failed_with(exc))
         return out
 
     def _run_batch(self, payloads: list, status: Any, base: int, task_id: int) -> list:
@@ -177,7 +175,8 @@ def ok(value: Any) -> tuple:
 
 
 def failed_with(exc: BaseException) -> tuple:
-    """A batch function's result for an item that raised `exc` (as a per-item `fn` records it)."""
+    """The result of an item that raised `exc`: filtered for `Filtered`, else failed with
+    its `error_info` (per-item functions and batch functions alike)."""
     if isinstance(exc, Filtered):
         return (FILTERED, exc.reason, str(exc))
     return (FAILED, None, error_info(exc))

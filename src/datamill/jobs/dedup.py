@@ -79,6 +79,7 @@ def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, 
     for i, (_, size) in enumerate(payloads):
         if opts.min_bytes is not None and size < opts.min_bytes:
             results[i] = filtered("too_small", f"{size} bytes < --min-bytes {opts.min_bytes}")
+            task.advance(outcome=results[i][0])
         else:
             todo.append(i)
 
@@ -95,7 +96,7 @@ def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, 
         else:
             results[i] = ok([{"hash": to_hex(h.hashes[opts.hash]), "sha256": h.sha256, "width": h.width,
                               "height": h.height, "bytes": h.bytes}])
-        task.advance()
+        task.advance(outcome=results[i][0], nbytes=payloads[i][1])
     return results
 
 

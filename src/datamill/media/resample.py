@@ -34,7 +34,7 @@ MIN_PIXELS = 96 * 96
 _LANCZOS = Image.Resampling.LANCZOS
 # Sizes seen once: the matrices and the learnt order are built on the second picture of a
 # size, so a collection of all-different sizes costs nothing but a dict lookup.
-_seen: dict[tuple[int, int, int, int], int] = {}  # used as a bounded set
+_seen: set[tuple[int, int, int, int]] = set()
 _MAX_SEEN = 4096
 
 
@@ -48,7 +48,7 @@ def resize_gray(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         if key in _seen:
             order = _plan(*key)
         elif len(_seen) < _MAX_SEEN:
-            _seen[key] = 1
+            _seen.add(key)
     if order is None:
         return np.asarray(Image.fromarray(gray).resize(size, _LANCZOS))
     return _run(order, gray, key)
