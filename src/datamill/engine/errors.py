@@ -36,3 +36,16 @@ class UsageError(Exception):
 
 class SystemicFailure(Exception):
     """The job cannot usefully go on (nearly everything fails, disk full, SRC gone)."""
+
+
+class InputError(Exception):
+    """Reading the job's input failed part-way (a truncated .gz, a file that is not the
+    format it claims); the message names the file.  The job stops and reports what it did."""
+
+
+class OutputTaken(Exception):
+    """A path a task would write is already taken by a file datamill did not write."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{path} exists and was not written by datamill; it is left alone")
+        self.path = path

@@ -26,6 +26,8 @@ class Item:
     source: str | None = None
     size: int | None = None
     mtime: float | None = None
+    parent: str | None = None  # the key of the item this one followed from (by `expand`)
+    error: tuple[str, str] | None = None  # (error class, message): fails without running
 
 
 class Job(ABC):
@@ -41,6 +43,10 @@ class Job(ABC):
     # use threads, such as video codecs, sizes its thread pools by it).
     cores_per_worker = 1
     unit = "item"
+    # True when each task's outputs belong to its items alone (one video's clips), so an
+    # item that is redone (its source changed) replaces them; False for shards of many items.
+    outputs_per_item = False
+    run_id = 0  # set by the engine before `prepare`: the ledger's id of this run
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike | Dst):
         self.src = Path(src)
@@ -78,8 +84,19 @@ class Job(ABC):
                     str(r.get("message") or r.get("reason")) for r in bad[:5])
         return OK, None, None
 
-    def prepare(self, ledger: Any) -> None:
-        """Called before the run starts (e.g. remove outputs a killed run left unrecorded)."""
+    def outputs(self, task_id: int, payloads: list) -> list[str]:
+        """The files or folders (paths relative to DST) that task `task_id` will write.  The
+        engine records them before the task runs and removes them if it never commits: a
+        job writes nothing in DST that it does not declare here or in `report_names`."""
+        return []
+
+    def report_names(self) -> list[str]:
+        """The job's own report files (relative to DST), written by `reports` or `finish`."""
+        return []
+
+    def prepare(self, ledger: Any, overwrite: bool) -> None:
+        """Called before the run starts, after the engine removed uncommitted outputs (and with
+        `overwrite`, every output): a job undoes here what else it did (dedup's moves)."""
 
     def task_timeout(self, item_timeout: float | None) -> float | None:
         """The deadline the engine enforces per item (per task for a batch runner)."""

@@ -3,6 +3,15 @@
 One row per item (key) with its outcome, attempts, error details, the source's size and
 modification time (a changed source is redone) and the item's output records as JSON.
 Writes are buffered and committed in batches so the ledger never slows the job down.
+
+It also holds what datamill may touch in DST, and nothing else may be touched:
+
+- `outputs`: every file or folder a task will write, recorded as *pending* (durably, before
+  the task runs) and *committed* in the same transaction as the task's item outcomes.  A run
+  removes the pending outputs of earlier runs by path; `--overwrite` removes every output.
+- `moves`: files of the user's that a job moved (dedup --action move-duplicates), recorded
+  before each move and marked done after; they stay the user's and are never deleted.
+- `runs`: each run with its process id and host, so a run that died is recognised.
 """
 from __future__ import annotations
 
@@ -23,10 +32,22 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, started REAL, ended REAL, status TEXT, argv TEXT, stats TEXT
 );
+CREATE TABLE IF NOT EXISTS outputs (
+    path TEXT PRIMARY KEY, task INTEGER, state TEXT, run INTEGER
+);
+CREATE INDEX IF NOT EXISTS outputs_task ON outputs (task);
+CREATE TABLE IF NOT EXISTS moves (
+    source TEXT PRIMARY KEY, dest TEXT, state TEXT, run INTEGER
+);
 """
+# Columns added after the first release: (table, column, type); added to older ledgers.
+_ADDED = (("items", "task", "INTEGER"), ("items", "parent", "TEXT"), ("items", "seen", "INTEGER"),
+          ("runs", "pid", "INTEGER"), ("runs", "host", "TEXT"))
+PENDING, COMMITTED = "pending", "committed"
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per record
 _COLUMNS = ("key", "stage", "status", "reason", "error_type", "message", "traceback", "attempts",
-            "source", "size", "mtime", "records", "seconds", "run", "updated")
+            "source", "size", "mtime", "records", "seconds", "run", "updated", "task", "parent",
+            "seen")
 
 
 @dataclass(slots=True)
@@ -36,6 +57,7 @@ class ItemState:
     size: int | None
     mtime: float | None
     records: str | None
+    task: int | None = None
 
     def same_source(self, size: int | None, mtime: float | None) -> bool:
         return self.size == size and self.mtime == mtime
@@ -51,7 +73,12 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        for table, column, kind in _ADDED:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         self._buffer: list[tuple] = []
+        self._commits: list[tuple[int]] = []  # tasks whose outputs commit with the buffer
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
@@ -64,6 +91,13 @@ class Ledger:
         if not Path(path).is_file():
             raise FileNotFoundError(f"no datamill state at {path}")
         return cls(path)
+
+    @staticmethod
+    def read_only(path: str | Path) -> sqlite3.Connection | None:
+        """A read-only connection to an existing ledger (for --dry-run), else None."""
+        if not Path(path).is_file():
+            return None
+        return sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
 
     # -- meta ------------------------------------------------------------------------------
     def get_meta(self, name: str, default: Any = None) -> Any:
@@ -82,8 +116,8 @@ class Ledger:
             chunk = keys[i:i + 900]
             marks = ",".join("?" * len(chunk))
             for key, *state in self.db.execute(
-                    f"SELECT key, status, reason, size, mtime, records FROM items WHERE key IN ({marks})",
-                    chunk):
+                    f"SELECT key, status, reason, size, mtime, records, task FROM items "
+                    f"WHERE key IN ({marks})", chunk):
                 found[key] = ItemState(*state)
         return found
 
@@ -91,25 +125,115 @@ class Ledger:
                error_type: str | None = None, message: str | None = None,
                traceback: str | None = None, attempts: int = 1, source: str | None = None,
                size: int | None = None, mtime: float | None = None, records: Any = None,
-               seconds: float = 0.0, run: int = 0) -> None:
+               seconds: float = 0.0, run: int = 0, task: int | None = None,
+               parent: str | None = None) -> None:
         rec = None if records is None else _ENCODE(records)
         self._buffer.append((key, stage, status, reason, error_type, message, traceback, attempts,
-                             source, size, mtime, rec, seconds, run, time.time()))
+                             source, size, mtime, rec, seconds, run, time.time(), task, parent,
+                             run))
         if (len(self._buffer) >= self._flush_rows
                 or time.monotonic() - self._last_flush > self._flush_seconds):
             self.flush()
 
     def flush(self) -> None:
-        if self._buffer:
+        """Write the buffered outcomes, and commit the outputs of their tasks, in one
+        transaction: after a crash a task's outputs are committed exactly when its items are."""
+        if self._buffer or self._commits:
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany(
                     f"INSERT OR REPLACE INTO items VALUES ({','.join('?' * len(_COLUMNS))})",
                     self._buffer)
+                self.db.executemany(f"UPDATE outputs SET state='{COMMITTED}' WHERE task=?",
+                                    self._commits)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_task_id', ?)",
                                 (str(self.next_task_id),))
             self._buffer.clear()
+            self._commits.clear()
         self._last_flush = time.monotonic()
+
+    def mark_seen(self, keys: list[str], run: int) -> None:
+        """Say that this run's input still holds `keys` (items never seen again are gone)."""
+        self.db.executemany("UPDATE items SET seen=? WHERE key=?", [(run, k) for k in keys])
+
+    def children(self, parent: str) -> list[str]:
+        """Keys of the items that followed from item `parent` (clip ranges of a video)."""
+        self.flush()
+        return [r[0] for r in self.db.execute("SELECT key FROM items WHERE parent=?", (parent,))]
+
+    # -- outputs -----------------------------------------------------------------------------
+    def add_pending(self, task: int, paths: Iterable[str], run: int) -> None:
+        """Record, durably and before the task runs, the outputs task `task` will write
+        (paths relative to DST).  Buffered outcomes are written in the same transaction."""
+        self.flush()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(f"INSERT OR REPLACE INTO outputs VALUES (?, ?, '{PENDING}', ?)",
+                                [(p, task, run) for p in paths])
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_task_id', ?)",
+                            (str(self.next_task_id),))
+
+    def commit_task(self, task: int) -> None:
+        """Commit task `task`'s outputs with the next flush of outcomes (buffered)."""
+        self._commits.append((task,))
+
+    def outputs(self, state: str | None = None, task: int | None = None) -> list[str]:
+        """Paths of outputs (relative to DST), optionally only those in `state` or of `task`."""
+        self.flush()
+        where, params = [], []
+        if state is not None:
+            where.append("state=?")
+            params.append(state)
+        if task is not None:
+            where.append("task=?")
+            params.append(task)
+        sql = "SELECT path FROM outputs" + (" WHERE " + " AND ".join(where) if where else "")
+        return [r[0] for r in self.db.execute(sql + " ORDER BY path", params)]
+
+    def output_state(self, path: str) -> str | None:
+        row = self.db.execute("SELECT state FROM outputs WHERE path=?", (path,)).fetchone()
+        return row[0] if row else None
+
+    def add_outputs(self, paths: Iterable[str], run: int) -> None:
+        """Record outputs written outside tasks (reports) as committed, at once."""
+        self.flush()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(f"INSERT OR IGNORE INTO outputs VALUES (?, NULL, '{COMMITTED}', ?)",
+                                [(p, run) for p in paths])
+
+    def drop_outputs(self, paths: Iterable[str]) -> None:
+        """Forget outputs whose files were removed."""
+        self.flush()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("DELETE FROM outputs WHERE path=?", [(p,) for p in paths])
+
+    # -- moves of the user's files -----------------------------------------------------------
+    def intend_move(self, source: str, dest: str, run: int) -> None:
+        """Record, durably and before it happens, that `source` will be moved to `dest`."""
+        self.db.execute("INSERT OR REPLACE INTO moves VALUES (?, ?, 'pending', ?)",
+                        (source, dest, run))
+
+    def done_move(self, source: str) -> None:
+        self.db.execute("UPDATE moves SET state='done' WHERE source=?", (source,))
+
+    def moves(self, state: str | None = None) -> list[tuple[str, str, str]]:
+        """(source, dest, state) of every recorded move, or of those in `state`."""
+        sql = "SELECT source, dest, state FROM moves"
+        rows = self.db.execute(sql + (" WHERE state=?" if state else "") + " ORDER BY source",
+                               (state,) if state else ())
+        return [tuple(r) for r in rows]
+
+    def forget_move(self, source: str) -> None:
+        self.db.execute("DELETE FROM moves WHERE source=?", (source,))
+
+    def gone(self, run: int) -> int:
+        """Items recorded before but not in run `run`'s input (only meaningful for a run that
+        read its whole input)."""
+        self.flush()
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE seen IS NOT ? AND parent IS NULL",
+                               (run,)).fetchone()[0]
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop items so that the next run does them again."""
@@ -119,10 +243,14 @@ class Ledger:
             self.db.executemany("DELETE FROM items WHERE key=?", [(k,) for k in keys])
 
     def clear(self) -> None:
+        """Forget every item and output (the files must have been removed first)."""
         self.flush()
         with self.db:
             self.db.execute("BEGIN")
             self.db.execute("DELETE FROM items")
+            self.db.execute("DELETE FROM outputs")
+            self.db.execute("DELETE FROM meta WHERE name IN ('next_task_id', 'gone')")
+        self.next_task_id = 0
 
     def iter_items(self, where: str = "", params: tuple = ()) -> Iterator[dict]:
         """Every item row as a dict, in key order (streamed, constant memory)."""
@@ -153,10 +281,20 @@ class Ledger:
             "ORDER BY COUNT(*) DESC"))
 
     # -- runs --------------------------------------------------------------------------------
-    def begin_run(self, argv: list[str]) -> int:
-        cur = self.db.execute("INSERT INTO runs (started, status, argv) VALUES (?, 'running', ?)",
-                              (time.time(), json.dumps(argv)))
+    def begin_run(self, argv: list[str], pid: int, host: str) -> int:
+        cur = self.db.execute(
+            "INSERT INTO runs (started, status, argv, pid, host) VALUES (?, 'running', ?, ?, ?)",
+            (time.time(), json.dumps(argv), pid, host))
         return int(cur.lastrowid)
+
+    def running_runs(self) -> list[tuple[int, int | None, str | None]]:
+        """(id, pid, host) of runs still marked running."""
+        return [tuple(r) for r in self.db.execute(
+            "SELECT id, pid, host FROM runs WHERE status='running'")]
+
+    def mark_run(self, run: int, status: str) -> None:
+        self.db.execute("UPDATE runs SET status=?, ended=COALESCE(ended, ?) WHERE id=?",
+                        (status, time.time(), run))
 
     def end_run(self, run: int, status: str, stats: dict) -> None:
         self.flush()
@@ -164,7 +302,7 @@ class Ledger:
                         (time.time(), status, json.dumps(stats), run))
 
     def runs(self) -> list[dict]:
-        cols = ("id", "started", "ended", "status", "argv", "stats")
+        cols = ("id", "started", "ended", "status", "argv", "stats", "pid", "host")
         return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {','.join(cols)} FROM runs ORDER BY id")]
 
     def close(self) -> None:
