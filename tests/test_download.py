@@ -49,7 +49,13 @@ def server():
 
 
 def manifest(dst: Path) -> dict[str, dict]:
-    return {r["key"]: r for r in pq.read_table(dst / "manifest.parquet").to_pylist()}
+    """Manifest rows by their row number in the URL list ("000000006")."""
+    return {f"{r['row']:09d}": r for r in pq.read_table(dst / "manifest.parquet").to_pylist()}
+
+
+def member_path(dst: Path, row: dict, ext: str) -> Path:
+    """The file of a --format files record (its key is what the row holds, not its number)."""
+    return dst / row["shard"] / f"{row['key']}.{ext}"
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +145,7 @@ def test_retry_failed_recovers_into_new_shards_keeping_keys(server, tmp_path):
     assert retried.exit_code == 0
     row = manifest(tmp_path / "out")["000000006"]
     assert row["status"] == "ok" and int(row["shard"]) >= 2
-    assert (tmp_path / "out" / row["shard"] / "000000006.jpg").exists()
+    assert member_path(tmp_path / "out", row, "jpg").exists()
     assert not (tmp_path / "out" / "failed_urls.txt").read_text().strip()
 
 
@@ -151,17 +157,19 @@ def test_csv_gz_input_with_captions_and_kept_columns_to_files_and_parquet(server
     files = download(tmp_path / "urls.csv.gz", tmp_path / "files", caption_col="text",
                      keep_cols=("license",), quiet=True, image=ImageOptions(encode="webp"))
     assert files.exit_code == 0
-    meta = json.loads((tmp_path / "files" / "00000" / "000000002.json").read_text())
+    row2 = manifest(tmp_path / "files")["000000002"]
+    meta = json.loads(member_path(tmp_path / "files", row2, "json").read_text())
     assert meta["caption"] == "caption 2 é" and meta["license"] == "cc-by" and meta["width"] == 400
-    assert (tmp_path / "files" / "00000" / "000000002.txt").read_text() == "caption 2 é"
-    assert (tmp_path / "files" / "00000" / "000000002.webp").exists()
-    assert manifest(tmp_path / "files")["000000002"]["kept"] == [("license", "cc-by")]
+    assert meta["key"] == row2["key"] and meta["row"] == 2
+    assert member_path(tmp_path / "files", row2, "txt").read_text() == "caption 2 é"
+    assert member_path(tmp_path / "files", row2, "webp").exists()
+    assert row2["kept"] == [("license", "cc-by")]
     pq_run = download(tmp_path / "urls.csv.gz", tmp_path / "pq", caption_col="text", format="parquet",
                       quiet=True)
     assert pq_run.exit_code == 0
     records = {r.key: r for r in iter_shard(tmp_path / "pq" / "00000.parquet")}
     assert len(records) == 5  # in the order they arrived
-    first = records["000000000"]
+    first = records[manifest(tmp_path / "pq")["000000000"]["key"]]
     assert first.data[:2] == b"\xff\xd8" and first.caption == "caption 0 é"
 
 
@@ -185,23 +193,25 @@ def test_cli_download_to_files(server, tmp_path):
                          env={**os.environ, "no_proxy": "127.0.0.1,localhost"})
     assert out.returncode == 0, out.stderr
     assert "whole job (urls): ok 3" in out.stdout
-    assert sorted(p.name for p in (tmp_path / "out" / "00000").iterdir()) == [
-        "000000000.jpg", "000000000.json", "000000001.jpg", "000000001.json",
-        "000000002.jpg", "000000002.json"]
+    keys = sorted(r["key"] for r in manifest(tmp_path / "out").values())
+    assert sorted(p.name for p in (tmp_path / "out" / "00000").iterdir()) == sorted(
+        f"{k}.{ext}" for k in keys for ext in ("jpg", "json"))
 
 
-def test_shards_a_killed_run_left_unrecorded_are_removed(server, tmp_path):
+def test_files_in_dst_that_datamill_did_not_write_are_never_touched(server, tmp_path):
     (tmp_path / "urls.txt").write_text("\n".join(server.url(f"img/{i}.jpg") for i in range(3)))
     download(tmp_path / "urls.txt", tmp_path / "out", shard_size=2, format="webdataset", quiet=True)
     out = tmp_path / "out"
-    (out / "00007.tar").write_bytes(b"left by a killed run")
-    (out / ".00008.datamill-tmp-123.tar").write_bytes(b"half written")
+    (out / "00007.tar").write_bytes(b"the user's")  # named like a shard, but not in the ledger
+    (out / "2019").mkdir()
+    (out / "2019" / "photo.jpg").write_bytes(b"the user's")
     (tmp_path / "urls.txt").write_text("\n".join(server.url(f"img/{i}.jpg") for i in range(5)))
     report = download(tmp_path / "urls.txt", out, shard_size=2, format="webdataset", quiet=True)
     assert report.exit_code == 0
-    names = sorted(p.name for p in out.glob("*.tar*"))
-    assert names == ["00000.tar", "00001.tar", "00002.tar"]
-    assert not list(out.glob(".*datamill-tmp*"))
+    assert sorted(p.name for p in out.glob("*.tar*")) == ["00000.tar", "00001.tar", "00002.tar",
+                                                         "00007.tar"]
+    assert (out / "00007.tar").read_bytes() == b"the user's"
+    assert (out / "2019" / "photo.jpg").read_bytes() == b"the user's"
 
 
 def test_a_task_without_any_image_leaves_no_shard_and_fails_nothing_else(server, tmp_path):
@@ -243,7 +253,7 @@ def test_bad_input_lines_each_get_an_outcome(server, tmp_path):
     }
     assert rows["000000000"]["sha256"] == rows["000000001"]["sha256"]
     failures = {json.loads(x)["key"]: x for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()}
-    assert "no URL in column 'url'" in failures["000000006"]
+    assert "no URL in column 'url'" in failures[rows["000000006"]["key"]]
     assert report.exit_code == 1
 
 

@@ -42,6 +42,7 @@ def upper(payload):
 
 class UpperJob(Job):
     name = "upper"
+    outputs_per_item = True
     manifest_fields = [pa.field("output", pa.string()), pa.field("bytes", pa.int64())]
 
     def __init__(self, src, dst, suffix=".out"):
@@ -55,6 +56,9 @@ class UpperJob(Job):
         for e in walk_files(self.src, ["txt"]):
             yield Item(e.rel, (e.path, str(self.dst.path / (e.rel + self.suffix))), source=e.path,
                        size=e.size, mtime=e.mtime)
+
+    def outputs(self, task_id, payloads):
+        return [os.path.relpath(dst, self.dst.path) for _, dst in payloads]
 
     def runner(self):
         return TaskRunner(upper)

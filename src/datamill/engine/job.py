@@ -28,6 +28,7 @@ class Item:
     mtime: float | None = None
     parent: str | None = None  # the key of the item this one followed from (by `expand`)
     error: tuple[str, str] | None = None  # (error class, message): fails without running
+    columns: dict | None = None  # manifest columns known before it runs (a list's row number)
 
 
 class Job(ABC):
@@ -47,6 +48,7 @@ class Job(ABC):
     # item that is redone (its source changed) replaces them; False for shards of many items.
     outputs_per_item = False
     run_id = 0  # set by the engine before `prepare`: the ledger's id of this run
+    dry_run = False  # set by the engine: a dry run writes nothing, not even the state folder
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike | Dst):
         self.src = Path(src)
@@ -117,11 +119,14 @@ class Job(ABC):
 
     # -- checks shared by jobs ---------------------------------------------------------------
     def validate(self) -> None:
-        """Refuse, with exit status 2, a missing SRC, an unwritable DST or DST inside SRC."""
+        """Refuse, with exit status 2, a missing SRC, an unwritable DST or DST inside SRC;
+        makes the state folder, except for a dry run (which writes nothing)."""
+        create = not self.dry_run
         if not self.src.exists():
             raise UsageError(f"SRC does not exist: {self.src}")
         if self.dst.is_remote:
-            self.dst.check_writable()
+            if create:
+                self.dst.check_writable()
             return
         dst = self.dst.path.resolve()
         if self.src.is_dir():
@@ -131,6 +136,8 @@ class Job(ABC):
                                  "become inputs; choose a DST outside SRC")
         if dst.exists() and not dst.is_dir():
             raise UsageError(f"DST exists and is not a folder: {self.dst}")
+        if not create:
+            return
         try:
             (dst / "_datamill").mkdir(parents=True, exist_ok=True)
             probe = dst / "_datamill" / f".write-test-{os.getpid()}"

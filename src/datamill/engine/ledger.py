@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .fault import fault
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS items (
@@ -66,8 +68,19 @@ class ItemState:
 class Ledger:
     """`Ledger(DST/_datamill/state.sqlite)`; see DESIGN.md for what it records and why."""
 
-    def __init__(self, path: str | Path, flush_rows: int = 5000, flush_seconds: float = 1.0):
+    def __init__(self, path: str | Path, flush_rows: int = 5000, flush_seconds: float = 1.0,
+                 readonly: bool = False):
         self.path = Path(path)
+        self._buffer: list[tuple] = []
+        self._commits: list[tuple[int]] = []  # tasks whose outputs commit with the buffer
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+        if readonly:  # --dry-run, status: nothing is created or changed
+            self.db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
+                                      isolation_level=None, check_same_thread=False)
+            self.next_task_id = self.get_meta("next_task_id", 0)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -77,11 +90,6 @@ class Ledger:
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        self._buffer: list[tuple] = []
-        self._commits: list[tuple[int]] = []  # tasks whose outputs commit with the buffer
-        self._flush_rows = flush_rows
-        self._flush_seconds = flush_seconds
-        self._last_flush = time.monotonic()
         # Tasks are numbered across runs (they may name shards); saved with every flush, so
         # a task whose results are in the ledger always has a smaller id.
         self.next_task_id: int = self.get_meta("next_task_id", 0)
@@ -92,12 +100,10 @@ class Ledger:
             raise FileNotFoundError(f"no datamill state at {path}")
         return cls(path)
 
-    @staticmethod
-    def read_only(path: str | Path) -> sqlite3.Connection | None:
-        """A read-only connection to an existing ledger (for --dry-run), else None."""
-        if not Path(path).is_file():
-            return None
-        return sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    @classmethod
+    def empty(cls) -> "Ledger":
+        """A ledger in memory (what a job with no state folder yet looks like)."""
+        return cls(":memory:")
 
     # -- meta ------------------------------------------------------------------------------
     def get_meta(self, name: str, default: Any = None) -> Any:
@@ -139,6 +145,7 @@ class Ledger:
         """Write the buffered outcomes, and commit the outputs of their tasks, in one
         transaction: after a crash a task's outputs are committed exactly when its items are."""
         if self._buffer or self._commits:
+            fault("ledger")
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.executemany(
@@ -154,7 +161,9 @@ class Ledger:
 
     def mark_seen(self, keys: list[str], run: int) -> None:
         """Say that this run's input still holds `keys` (items never seen again are gone)."""
-        self.db.executemany("UPDATE items SET seen=? WHERE key=?", [(run, k) for k in keys])
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE items SET seen=? WHERE key=?", [(run, k) for k in keys])
 
     def children(self, parent: str) -> list[str]:
         """Keys of the items that followed from item `parent` (clip ranges of a video)."""

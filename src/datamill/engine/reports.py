@@ -12,6 +12,7 @@ from .ledger import Ledger
 from .storage import Dst
 from .task import FAILED, OK
 
+REPORT_NAMES = ("manifest.parquet", "failures.jsonl", "stats.json")
 BASE_FIELDS = [pa.field("key", pa.string()), pa.field("source", pa.string()),
                pa.field("status", pa.string()), pa.field("reason", pa.string())]
 

@@ -1,35 +1,43 @@
 """The run loop every job goes through.
 
-source -> skip what the ledger says is done -> scheduler/executor -> ledger and outputs ->
-progress -> reports and a summary.  Stops early, with the cause, on systemic failure; on
-Ctrl-C stops submitting, collects what finishes within a few seconds, saves, exits 130.
+lock the state folder -> remove what earlier runs left unfinished -> source -> skip what the
+ledger says is done -> scheduler/executor (each task's outputs recorded as pending before it
+runs, committed with its outcomes) -> progress -> reports and a summary.  Stops early, with
+the cause, on systemic failure (a full disk anywhere included); on Ctrl-C stops submitting,
+collects what finishes within a few seconds, removes what did not, saves, exits 130.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import logging
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import time
+import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
-from .errors import SystemicFailure, UsageError
-from .executor import Executor, WorkerInitError, get_executor
+from .errors import OutputTaken, SystemicFailure, UsageError
+from .executor import Executor, WorkerInitError, default_workers, get_executor
+from .fault import fault
 from .job import Item, Job
-from .ledger import Ledger
+from .ledger import PENDING, ItemState, Ledger
+from .lock import StateLock
 from .progress import Progress
-from .reports import write_failures, write_manifest, write_stats
+from .reports import REPORT_NAMES, write_failures, write_manifest, write_stats
 from .scheduler import Result, Scheduler
 from .storage import Dst, state_dir_for
-from .task import FAILED, FILTERED, OK
+from .task import FAILED, FILTERED, OK, ErrorInfo, WorkItem
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+RESERVE = "reserve"  # a file of the state folder, deleted to close a run on a full disk
 log = logging.getLogger("datamill")
 
 
@@ -53,6 +61,8 @@ class RunOptions:
     ray_address: str | None = None
     cpus_per_task: float | None = None
     state_dir: str | os.PathLike | None = None  # the ledger's folder (default: see storage.py)
+    allow_existing: bool = False  # write into a non-empty DST that is not a datamill folder
+    break_lock: bool = False  # take over a lock held from another host
     argv: list[str] = field(default_factory=list)
 
 
@@ -81,16 +91,74 @@ def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
     """Run `job` to completion (or to a stop); raises UsageError for a bad request."""
     opts = opts or RunOptions()
     job.state_dir = state_dir_for(job.dst, opts.state_dir)
+    if opts.dry_run:
+        job.dry_run = True
+        job.validate()
+        return _dry_run(job, opts)
+    check_dst_is_ours(job, opts.allow_existing)
     job.validate()
-    executor = None if opts.dry_run else make_executor(opts)
-    ledger = open_ledger(job)
+    warn_oversubscribed(opts)
+    lock = StateLock(job.state_dir, str(job.dst))
+    lock.acquire(opts.break_lock)
     try:
-        check_fingerprint(ledger, job, opts.overwrite)
-        if executor is None:
-            return _dry_run(job, opts, ledger)
-        return _Run(job, opts, ledger).run(executor)
+        ledger = open_ledger(job)
+        try:
+            check_fingerprint(ledger, job, opts.overwrite)
+            check_owner(ledger, job)
+            executor = make_executor(opts)
+            return _Run(job, opts, ledger).run(executor)
+        finally:
+            try:
+                ledger.close()
+            except (sqlite3.Error, OSError):
+                pass  # the run already ended with the cause; the next run resumes
     finally:
-        ledger.close()
+        lock.release()
+
+
+def check_dst_is_ours(job: Job, allow_existing: bool) -> None:
+    """Refuse a DST that holds files but no ledger of ours (datamill would write among files
+    it does not know), unless the user allows it; then they are never touched."""
+    if (job.state_dir / "state.sqlite").is_file() or allow_existing:
+        return
+    try:
+        names = sorted(n for n in job.dst.names() if n != "_datamill")
+    except (OSError, UsageError):
+        return  # not a folder, unreadable: validate() says so
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise UsageError(
+            f"DST {job.dst} is not empty and is not a datamill folder (it holds {shown}). "
+            "Choose an empty or new DST, or pass --allow-existing to write beside these files "
+            "(datamill never touches a file it did not write).")
+
+
+def check_owner(ledger: Ledger, job: Job) -> None:
+    """A URL DST records which ledger writes it (`_datamill/owner.json`): a run from another
+    machine or state folder would not know what the first one wrote, so it is refused."""
+    if not job.dst.is_remote:
+        return
+    mine = {"ledger": ledger.get_meta("ledger_id"), "host": socket.gethostname(),
+            "state_dir": str(job.state_dir)}
+    rel = "_datamill/owner.json"
+    try:
+        owner = json.loads(job.dst.fs.cat_file(job.dst.remote(rel)))
+    except FileNotFoundError:
+        job.dst.write_bytes(rel, json.dumps(mine).encode())
+        return
+    if owner.get("ledger") != mine["ledger"]:
+        raise UsageError(
+            f"DST {job.dst} is written by the ledger of host {owner.get('host')} in "
+            f"{owner.get('state_dir')}, not by this one ({mine['state_dir']}): run from there, "
+            "or give that --state-dir")
+
+
+def warn_oversubscribed(opts: RunOptions) -> None:
+    cores = default_workers()
+    if opts.executor == "local" and opts.workers and opts.workers > 2 * cores:
+        log.warning("warning: --workers %d on %d cores: the workers take turns on the cores, "
+                    "so each item takes longer and memory grows with the workers; the default "
+                    "is one worker per core", opts.workers, cores)
 
 
 def make_executor(opts: RunOptions) -> Executor:
@@ -117,6 +185,14 @@ def open_ledger(job: Job) -> Ledger:
     except (OSError, sqlite3.Error) as exc:
         raise UsageError(f"the state folder {job.state_dir} is not writable ({exc}); choose "
                          "another with --state-dir") from exc
+    if ledger.get_meta("ledger_id") is None:
+        ledger.set_meta("ledger_id", uuid.uuid4().hex)
+    reserve = job.state_dir / RESERVE
+    if not reserve.exists():
+        try:
+            reserve.write_bytes(b"\0" * (1 << 20))
+        except OSError:
+            reserve.unlink(missing_ok=True)
     if job.dst.path is not None and job.state_dir == job.dst.path / "_datamill":
         return ledger  # travels with DST (a moved folder keeps its ledger)
     owner = ledger.get_meta("dst")
@@ -128,7 +204,9 @@ def open_ledger(job: Job) -> Ledger:
     return ledger
 
 
-def check_fingerprint(ledger: Ledger, job: Job, overwrite: bool) -> None:
+def check_fingerprint(ledger: Any, job: Job, overwrite: bool) -> None:
+    """Refuse a DST made by another job, or with other result-changing options (unless
+    --overwrite, which starts again from a clean slate)."""
     new = json.loads(json.dumps(job.fingerprint()))
     old_job = ledger.get_meta("job")
     old = ledger.get_meta("fingerprint")
@@ -140,11 +218,45 @@ def check_fingerprint(ledger: Ledger, job: Job, overwrite: bool) -> None:
         raise UsageError(
             f"DST {job.dst} was made with other options ({what}). Rerun with --overwrite to "
             "redo everything with the new options, or choose another DST.")
-    if old is not None and old != new:
-        ledger.clear()
-    ledger.set_meta("job", job.name)
-    ledger.set_meta("fingerprint", new)
-    ledger.set_meta("options", json.loads(json.dumps(job.options(), default=str)))
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+class _Interrupts:
+    """SIGINT and SIGTERM during a run: the first sets a flag that the loop checks (so no
+    handler can swallow it), a second one raises KeyboardInterrupt to stop waiting."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: Ctrl-C is the caller's
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.count:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            try:
+                signal.signal(sig, previous)
+            except (ValueError, TypeError):
+                pass
 
 
 def _chunks(iterable: Iterable[Any], n: int) -> Iterator[list]:
@@ -164,16 +276,34 @@ class _Run:
         self.this_run: Counter[str] = Counter()
         self.sched: Scheduler | None = None
         self.progress: Progress | None = None
+        self.run_id = 0
+        self.dry = False  # a dry run only counts: it removes nothing
+        self.read_all = False  # the whole input was read (so items not seen in it are gone)
+        self.notes: list[str] = []
+        self.interrupts = _Interrupts()
+        self.item_errors: list[Item] = []
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
         items: Iterable[Item] = self.job.items()
         if self.opts.limit is not None:
             items = itertools.islice(items, self.opts.limit)
-        for chunk in _chunks(items, 256):
-            for it in self._fresh(chunk):
-                self.meta[it.key] = it
-                yield it.key, it.payload
+        try:
+            for chunk in _chunks(items, 256):
+                self.interrupts.check()
+                if not self.dry:
+                    self.ledger.mark_seen([it.key for it in chunk], self.run_id)
+                for it in self._fresh(chunk):
+                    if it.error is not None:
+                        self.item_errors.append(it)
+                        continue
+                    self.meta[it.key] = it
+                    yield it.key, it.payload
+        except (KeyboardInterrupt, SystemicFailure, UsageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - reading the input itself failed
+            raise SystemicFailure(f"reading the input {self.job.src} failed: {exc}") from exc
+        self.read_all = self.opts.limit is None
 
     def _fresh(self, items: list[Item]) -> Iterator[Item]:
         """The items not done yet; a finished plan still yields its unfinished parts."""
@@ -184,12 +314,99 @@ class _Run:
                 if st.status in (OK, FILTERED):
                     self.skipped_done += 1
                     if st.status == OK and it.stage != self.job.final_stage:
-                        yield from self._fresh(list(self.job.expand(it, json.loads(st.records))))
+                        yield from self._fresh(self._expand(it, json.loads(st.records)))
                     continue
                 if not self._retrying(st.reason):
                     self.skipped_failed += 1
                     continue
+            if st is not None and not self.dry:
+                self._discard_old(it, st)
             yield it
+
+    def _expand(self, it: Item, records: Any) -> list[Item]:
+        follow = list(self.job.expand(it, records))
+        for f in follow:
+            f.parent = it.key
+        return follow
+
+    def _discard_old(self, it: Item, st: ItemState) -> None:
+        """Before an item is redone: the outputs it wrote (when a job's outputs are per item)
+        and the items that followed from it (a changed video's clip ranges) go."""
+        if it.stage != self.job.final_stage:
+            children = self.ledger.children(it.key)
+            for child in self.ledger.lookup(children).values():
+                if child.task is not None:
+                    self._remove_outputs(self.ledger.outputs(task=child.task))
+            self.ledger.forget(children)
+        if self.job.outputs_per_item and st.task is not None:
+            self._remove_outputs(self.ledger.outputs(task=st.task))
+
+    # -- outputs ---------------------------------------------------------------------------
+    def _remove_outputs(self, paths: list[str]) -> int:
+        """Remove outputs the ledger lists (and only those), then forget them."""
+        removed = 0
+        for path in paths:
+            removed += self.job.dst.remove_output(path)
+        self.ledger.drop_outputs(paths)
+        return removed
+
+    def _on_submit(self, task_id: int, task: list[WorkItem]) -> None:
+        """Record what the task will write before it runs; a path taken by a file datamill
+        did not write fails the task's items (the file is left alone)."""
+        paths = self.job.outputs(task_id, [w.payload for w in task])
+        if not paths:
+            return
+        for path in paths:
+            state = self.ledger.output_state(path)
+            if state is None and self.job.dst.exists(path):
+                raise OutputTaken(self.job.dst.child(path))
+            if state is not None:  # ours, from an earlier task: replaced
+                self._remove_outputs([path])
+        self.ledger.next_task_id = task_id + 1
+        self.ledger.add_pending(task_id, paths, self.run_id)
+        fault("submitted")
+
+    def _on_task_end(self, task_id: int, completed: bool) -> None:
+        if completed:
+            self.ledger.commit_task(task_id)
+        else:  # its worker is gone: what it wrote is incomplete
+            self._remove_outputs(self.ledger.outputs(state=PENDING, task=task_id))
+
+    def _start(self) -> None:
+        """Close what earlier runs left open: runs marked running (their process is dead,
+        since this run holds the lock), outputs never committed; with --overwrite, every
+        output.  Then the job undoes what else it left (dedup's moves)."""
+        ledger = self.ledger
+        for run_id, pid, host in ledger.running_runs():
+            ledger.mark_run(run_id, "interrupted")
+        self.run_id = ledger.begin_run(self.opts.argv or sys.argv, os.getpid(), socket.gethostname())
+        self.job.run_id = self.run_id
+        n = self._remove_outputs(ledger.outputs(state=PENDING))
+        if n:
+            self.notes.append(f"removed {n} unfinished outputs of an earlier run that stopped")
+        if self.opts.overwrite:
+            n = self._remove_outputs(ledger.outputs())
+            ledger.clear()
+            self.notes.append(f"--overwrite: removed the {n} outputs of earlier runs")
+        self._check_reports()
+        self.job.prepare(ledger, self.opts.overwrite)
+        ledger.set_meta("job", self.job.name)
+        ledger.set_meta("fingerprint", json.loads(json.dumps(self.job.fingerprint())))
+        ledger.set_meta("options", json.loads(json.dumps(self.job.options(), default=str)))
+        fault("startup")
+
+    def _check_reports(self) -> None:
+        """The reports are rewritten at the end of every run: a file of the user's under one
+        of their names is refused now rather than replaced then."""
+        names = list(REPORT_NAMES) + list(self.job.report_names())
+        earlier = len(self.ledger.runs()) > 1  # the ledger's earlier runs wrote them
+        for name in names:
+            if (self.ledger.output_state(name) is None and not earlier
+                    and self.job.dst.exists(name)):
+                raise UsageError(f"{self.job.dst.child(name)} exists and was not written by "
+                                 "datamill, which writes its report there; move it away or "
+                                 "choose another DST")
+        self.ledger.add_outputs(names, self.run_id)
 
     def _retrying(self, error_class: str | None) -> bool:
         rf = self.opts.retry_failed
@@ -200,8 +417,15 @@ class _Run:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, executor: Executor) -> RunReport:
-        run_id = self.ledger.begin_run(self.opts.argv or sys.argv)
-        self.job.prepare(self.ledger)
+        with self.interrupts:
+            try:
+                self._start()
+            except BaseException:
+                executor.shutdown(cancel=True)
+                raise
+            return self._run(executor)
+
+    def _run(self, executor: Executor) -> RunReport:
         started = time.time()
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
@@ -213,37 +437,75 @@ class _Run:
                                task_seconds=self.job.task_seconds,
                                first_task_id=self.ledger.next_task_id,
                                on_start=lambda: self._check_nodes(executor),
-                               on_poll=lambda: self.progress.tick(executor.in_progress(),
-                                                                  executor.outcomes_so_far()))
+                               on_poll=self._on_poll, on_submit=self._on_submit,
+                               on_task_end=self._on_task_end)
         status, message = "completed", ""
-        previous = _sigterm_as_interrupt()
         try:
-            try:
-                for result in self.sched:
-                    self._handle(result, watch=True)
-            except KeyboardInterrupt:
-                status = "interrupted"
-                message = ("interrupted: what finished is saved; run the same command again "
-                           "to resume")
-                self._drain()
-            except SystemicFailure as exc:
-                status, message = "stopped", f"stopped: {exc}"
-                self._drain()  # failures while draining join the window, forgotten below
-                self.ledger.forget(k for k, reason in self.window if reason is not None)
-            except WorkerInitError as exc:
-                status, message = "stopped", f"stopped: {exc}"
-            except OSError as exc:  # reading the input itself failed
-                status, message = "stopped", f"stopped: reading the input failed: {exc}"
-                self._drain()
-            finally:
-                self.sched.close()
-                self.progress.close()
-            self.ledger.flush()
-            if status == "completed":
-                self.job.finish(self.ledger, self.opts.quiet)
+            for result in self._results():
+                self._handle(result, watch=True)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            message = "interrupted: what finished is saved; run the same command again to resume"
+            self._drain()
+        except SystemicFailure as exc:
+            status, message = "stopped", f"stopped: {exc}"
+            self._drain()  # failures while draining join the window, forgotten below
+            self._safely(lambda: self.ledger.forget(k for k, r in self.window if r is not None))
+        except WorkerInitError as exc:
+            status, message = "stopped", f"stopped: {exc}"
+        except (OSError, sqlite3.Error) as exc:
+            if not _disk_full(exc):
+                raise
+            status, message = "stopped", self._disk_full_message(exc)
+            self._drain()
         finally:
-            _restore_sigterm(previous)
-        return self._finalize(run_id, started, status, message)
+            self.sched.close()
+            self.progress.close()
+        # the executor is shut down: tasks that never reported are lost, and so is what
+        # they wrote
+        status, message = self._safely(
+            lambda: self._remove_outputs(self.ledger.outputs(state=PENDING)), status, message)
+        status, message = self._safely(self.ledger.flush, status, message)
+        if status == "completed" and self.interrupts.count:
+            status, message = "interrupted", ("interrupted: what finished is saved; run the "
+                                              "same command again to resume")
+        if status == "completed":
+            status, message = self._safely(lambda: self.job.finish(self.ledger, self.opts.quiet),
+                                           status, message)
+        return self._finalize(started, status, message)
+
+    def _results(self) -> Iterator[Result]:
+        yield from self.sched
+        for it in self.item_errors:  # items that failed before running (a bad file name)
+            self.meta[it.key] = it
+            cls, msg = it.error
+            yield Result(it.key, it.payload, FAILED, reason=cls,
+                         error=ErrorInfo(cls, "InputError", msg), attempts=0)
+        self.item_errors.clear()
+
+    def _on_poll(self) -> None:
+        self.interrupts.check()
+        self.progress.tick(self.sched.executor.in_progress(),
+                           self.sched.executor.outcomes_so_far())
+
+    def _safely(self, step: Any, status: str = "completed", message: str = "") -> tuple[str, str]:
+        """Run a step of the end; a full disk stops the job with the cause instead of a
+        traceback (the next run resumes: what is not recorded is redone)."""
+        try:
+            step()
+        except KeyboardInterrupt:
+            self.interrupts.count += 1
+            return "interrupted", ("interrupted: what finished is saved; run the same command "
+                                   "again to resume")
+        except (OSError, sqlite3.Error) as exc:
+            if not _disk_full(exc):
+                raise
+            return "stopped", self._disk_full_message(exc)
+        return status, message
+
+    def _disk_full_message(self, exc: BaseException) -> str:
+        return (f"stopped: the disk is full ({exc}; DST {self.job.dst}, ledger "
+                f"{self.ledger.path}); free some space and run the same command again to resume")
 
     def _check_nodes(self, executor: Executor) -> None:
         """Workers on several machines write DST themselves: a local path must be one folder
@@ -264,26 +526,31 @@ class _Run:
             self.sched.executor.shutdown(cancel=True)
 
     def _handle(self, r: Result, watch: bool) -> None:
-        self.ledger.next_task_id = self.sched.next_task_id
+        if r.task_id is not None:
+            fault("commit")
+        self.ledger.next_task_id = max(self.ledger.next_task_id, self.sched.next_task_id)
         it = self.meta.pop(r.key)
         common = dict(attempts=r.attempts, source=it.source, size=it.size, mtime=it.mtime,
-                      seconds=r.seconds)
+                      seconds=r.seconds, run=self.run_id, task=r.task_id, parent=it.parent)
         if r.status == OK:
             status, reason, message = self.job.judge(r.value)
             self.ledger.record(it.key, it.stage, status, reason, message=message,
                                records=r.value, **common)
             if status == OK and it.stage != self.job.final_stage:
-                follow = list(self._fresh(list(self.job.expand(it, r.value))))
+                follow = list(self._fresh(self._expand(it, r.value)))
                 for f in follow:
                     self.meta[f.key] = f
                 self.sched.add((f.key, f.payload) for f in follow)
         elif r.status == FILTERED:
             status, reason = FILTERED, r.reason
-            self.ledger.record(it.key, it.stage, FILTERED, r.reason, message=r.error, **common)
+            self.ledger.record(it.key, it.stage, FILTERED, r.reason,
+                               message=r.error.message if r.error else None,
+                               records=[it.columns] if it.columns else None, **common)
         else:
             status, reason, e = FAILED, r.reason, r.error
             self.ledger.record(it.key, it.stage, FAILED, e.error_class, error_type=e.type,
-                               message=e.message, traceback=e.traceback, **common)
+                               message=e.message, traceback=e.traceback,
+                               records=[it.columns] if it.columns else None, **common)
         self.this_run[status] += 1
         self.progress.update(status, reason)
         self._watch(it, status, reason, r, stop=watch)
@@ -312,9 +579,8 @@ class _Run:
                 "same command again to resume")
 
     # -- the end -----------------------------------------------------------------------------
-    def _finalize(self, run_id: int, started: float, status: str, message: str) -> RunReport:
+    def _finalize(self, started: float, status: str, message: str) -> RunReport:
         job, ledger, dst = self.job, self.ledger, self.job.dst
-        counts = ledger.counts()
         wall = time.time() - started
         done_now = sum(self.this_run.values())
         run_stats = {
@@ -324,36 +590,74 @@ class _Run:
             "skipped_failed": self.skipped_failed, "executor": self.opts.executor,
             "workers": self.sched.executor.workers if self.sched else None,
         }
-        ledger.end_run(run_id, status, run_stats)
-        n_manifest = write_manifest(ledger, dst, job.manifest_fields, job.final_stage)
-        n_failed = write_failures(ledger, dst)
-        job.reports(ledger)
-        stats = {
-            "job": job.name, "src": str(job.src), "dst": str(dst),
-            "counts": {s: counts.get(s, 0) for s in (OK, FILTERED, FAILED)},
-            "failures": ledger.failure_classes(), "filtered": ledger.filter_reasons(),
-            "manifest_rows": n_manifest, "options": job.options(), "this_run": run_stats,
-            "runs": [{k: r[k] for k in ("id", "started", "ended", "status")} | {
-                "stats": json.loads(r["stats"]) if r["stats"] else None} for r in ledger.runs()],
-        }
-        extra = job.summary_lines(ledger)
-        write_stats(dst, stats)
+        stats: dict[str, Any] = {"job": job.name, "src": str(job.src), "dst": str(dst),
+                                 "counts": {}, "this_run": run_stats}
+        extra: list[str] = []
+        n_failed = 0
+
+        def end() -> None:
+            nonlocal stats, extra, n_failed
+            if status == "completed" and self.read_all:
+                ledger.set_meta("gone", ledger.gone(self.run_id))
+            counts = ledger.counts()
+            ledger.end_run(self.run_id, status, run_stats)
+            n_manifest = write_manifest(ledger, dst, job.manifest_fields, job.final_stage)
+            fault("reports")
+            n_failed = write_failures(ledger, dst)
+            job.reports(ledger)
+            stats = {
+                "job": job.name, "src": str(job.src), "dst": str(dst),
+                "counts": {s: counts.get(s, 0) for s in (OK, FILTERED, FAILED)},
+                "gone": ledger.get_meta("gone", 0),
+                "failures": ledger.failure_classes(), "filtered": ledger.filter_reasons(),
+                "manifest_rows": n_manifest, "options": job.options(), "this_run": run_stats,
+                "runs": [{k: r[k] for k in ("id", "started", "ended", "status")} | {
+                    "stats": json.loads(r["stats"]) if r["stats"] else None}
+                    for r in ledger.runs()],
+            }
+            extra = job.summary_lines(ledger)
+            write_stats(dst, stats)
+
+        final, final_message = self._safely(end, status, message)
+        if final != status:
+            if final == "stopped":  # the ledger may be what is full: close the run if it can
+                self._release_reserve()
+                self._safely(lambda: ledger.end_run(self.run_id, "stopped", run_stats))
+            status, message = final, final_message
+            run_stats["status"] = status
         if status == "interrupted":
             code = EXIT_INTERRUPTED
         else:
             code = EXIT_FAILED if n_failed or status == "stopped" else EXIT_OK
         if not self.opts.quiet:
-            print(_summary(job, stats, run_stats, extra, message, n_failed), flush=True)
+            print(_summary(job, stats, run_stats, extra, message, n_failed, self.notes),
+                  flush=True)
         return RunReport(code, stats["counts"], stats, dst.location, message)
+
+    def _release_reserve(self) -> None:
+        """Free the space kept in the state folder for closing a run on a full disk."""
+        try:
+            (self.ledger.path.parent / RESERVE).unlink()
+        except OSError:
+            pass
 
 
 def _summary(job: Job, stats: dict, run: dict, extra: list[str], message: str,
-             n_failed: int) -> str:
-    c = stats["counts"]
+             n_failed: int, notes: list[str] = ()) -> str:
     lines = [f"datamill {job.name}: {run['status']} in {run['seconds']:.1f} s; this run "
              f"{run['items']} {job.unit}s ({run['items_per_second'] or 0:.1f}/s)"
              + (f", {run['skipped_done']} already done" if run["skipped_done"] else "")]
-    lines.append(f"  whole job ({job.unit}s): ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}")
+    lines += ["  " + n for n in notes]
+    if not stats["counts"]:  # the reports could not be written
+        if message:
+            lines.append("  " + message)
+        return "\n".join(lines)
+    c = stats["counts"]
+    lines.append(f"  whole job ({job.unit}s): ok {c['ok']}, filtered {c['filtered']}, failed {c['failed']}"
+                 + (f", gone {stats['gone']}" if stats.get("gone") else ""))
+    if stats.get("gone"):
+        lines.append(f"  gone: {stats['gone']} {job.unit}s of earlier runs are no longer in the "
+                     "input; their outputs stay (--overwrite starts from a clean slate)")
     if stats["filtered"]:
         lines.append("  filtered: " + ", ".join(f"{k} {v}" for k, v in stats["filtered"].items()))
     if stats["failures"]:
@@ -369,28 +673,24 @@ def _summary(job: Job, stats: dict, run: dict, extra: list[str], message: str,
     return "\n".join(lines)
 
 
-def _dry_run(job: Job, opts: RunOptions, ledger: Ledger) -> RunReport:
-    run = _Run(job, opts, ledger)
-    todo = sum(1 for _ in run._source())
+def _dry_run(job: Job, opts: RunOptions) -> RunReport:
+    """Say what a run would do, writing nothing (the ledger, if any, is opened read-only)."""
+    path = job.state_dir / "state.sqlite"
+    ledger = Ledger(path, readonly=True) if path.is_file() else None
+    try:
+        if ledger is not None:
+            check_fingerprint(ledger, job, opts.overwrite)
+        run = _Run(job, opts, ledger if ledger is not None and not opts.overwrite
+                   else Ledger.empty())
+        run.dry = True
+        todo = sum(1 for _ in run._source()) + len(run.item_errors)
+        counts = ledger.counts() if ledger is not None else {}
+    finally:
+        if ledger is not None:
+            ledger.close()
     msg = (f"datamill {job.name} (dry run): {todo} {job.unit}s to do, {run.skipped_done} "
            f"already done, {run.skipped_failed} failed before (not retried without "
            "--retry-failed); nothing was written")
     if not opts.quiet:
         print(msg)
-    return RunReport(EXIT_OK, ledger.counts(), {}, job.dst.location, msg)
-
-
-def _sigterm_as_interrupt() -> Any:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return signal.getsignal(signal.SIGTERM)
-
-
-def _restore_sigterm(previous: Any) -> None:
-    try:
-        signal.signal(signal.SIGTERM, previous)
-    except (ValueError, TypeError):
-        pass
+    return RunReport(EXIT_OK, counts, {}, job.dst.location, msg)

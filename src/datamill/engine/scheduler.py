@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from .errors import OutputTaken
 from .executor import Executor, TaskEncodingError
 from .task import FAILED, FILTERED, OK, Crash, Done, ErrorInfo, TaskRunner, WorkItem
 
@@ -36,6 +37,7 @@ class Result:
     error: ErrorInfo | None = None
     attempts: int = 1
     seconds: float = 0.0
+    task_id: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -49,14 +51,19 @@ class Scheduler:
     worker or ran past its deadline.  `batch_size`: items per task, or None to adapt it so a
     task takes about `task_seconds`.  Task ids count from `first_task_id`.  `on_poll` is
     called after each wait for results (to refresh progress during long tasks); `on_start`
-    once the executor has started.
+    once the executor has started.  `on_submit(task_id, work_items)` runs before a task is
+    sent (to record the outputs it will write; raising `OutputTaken` fails its items as
+    `dst_exists` without running them); `on_task_end(task_id, completed)` after a task's
+    results were yielded (completed) or after it was lost (crash, deadline, not sendable).
     """
 
     def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
                  *, retries: int = 1, timeout: float | None = None, batch_size: int | None = None,
                  max_batch: int = 4096, task_seconds: float = 0.01, first_task_id: int = 0,
                  on_poll: Callable[[], None] | None = None,
-                 on_start: Callable[[], None] | None = None):
+                 on_start: Callable[[], None] | None = None,
+                 on_submit: Callable[[int, list[WorkItem]], None] | None = None,
+                 on_task_end: Callable[[int, bool], None] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -78,6 +85,8 @@ class Scheduler:
         self._draining = False
         self._on_poll = on_poll
         self._on_start = on_start
+        self._on_submit = on_submit
+        self._on_task_end = on_task_end or (lambda task_id, completed: None)
 
     # -- public --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Result]:
@@ -142,8 +151,18 @@ class Scheduler:
         task_id = next(self._ids)
         self.next_task_id = task_id + 1
         try:
+            if self._on_submit is not None:
+                self._on_submit(task_id, task)
+        except OutputTaken as exc:
+            info = ErrorInfo("dst_exists", "OutputTaken", str(exc), "", False)
+            for w in task:
+                yield self._outcome(w, FAILED, None, info)
+            self._on_task_end(task_id, False)
+            return
+        try:
             self.executor.submit(task_id, [w.payload for w in task])
         except TaskEncodingError as exc:
+            self._on_task_end(task_id, False)
             if len(task) > 1:
                 self._exact.extend([w] for w in task)
                 return
@@ -159,6 +178,7 @@ class Scheduler:
         if task is None:
             return
         if done.crash is not None:
+            self._on_task_end(done.task_id, False)
             yield from self._crashed(task, done.crash)
             return
         self._adapt(len(task), done.seconds)
@@ -169,14 +189,17 @@ class Scheduler:
         for w, (status, value, extra) in zip(task, done.results):
             w.attempts += 1
             if status == OK:
-                yield self._outcome(w, OK, value, None, each)
+                yield self._outcome(w, OK, value, None, each, done.task_id)
             elif status == FILTERED:
-                yield Result(w.key, w.payload, FILTERED, None, value, None, w.attempts, each)
+                yield Result(w.key, w.payload, FILTERED, None, value,
+                             ErrorInfo(value, "Filtered", extra or value), w.attempts, each,
+                             done.task_id)
             elif extra.retryable and w.attempts <= self.retries and not self._draining:
                 w.last_error = extra
                 self._queued.append(w)
             else:
                 yield self._outcome(w, FAILED, None, extra, each)
+        self._on_task_end(done.task_id, True)
 
     def _crashed(self, task: list[WorkItem], crash: Crash) -> Iterator[Result]:
         if not crash.started:  # queued behind the item that crashed: simply run it again
@@ -203,9 +226,10 @@ class Scheduler:
         self._exact.append(task[half:])
 
     def _outcome(self, w: WorkItem, status: str, value: Any, info: ErrorInfo | None,
-                 seconds: float = 0.0) -> Result:
+                 seconds: float = 0.0, task_id: int | None = None) -> Result:
         reason = info.error_class if info is not None else None
-        return Result(w.key, w.payload, status, value, reason, info, max(w.attempts, 1), seconds)
+        return Result(w.key, w.payload, status, value, reason, info, max(w.attempts, 1), seconds,
+                      task_id)
 
     def _adapt(self, n: int, seconds: float) -> None:
         if self._fixed_batch:

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .atomic import atomic_path
+from .atomic import atomic_path, remove_output
 from .errors import UsageError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -119,11 +119,13 @@ class Dst:
 
     # -- writing --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def atomic_path(self, rel: str) -> Iterator[Path]:
+    def atomic_path(self, rel: str, replace: bool = True) -> Iterator[Path]:
         """Yield a local path to write `rel` to; it appears under DST only when the block ends
-        without error (renamed into place, or uploaded)."""
+        without error (renamed into place, or uploaded).  It replaces an earlier version
+        (reports are rewritten every run; the engine checked at start that they are its own)
+        unless `replace` is False."""
         if self.path is not None:
-            with atomic_path(self.path / rel) as tmp:
+            with atomic_path(self.path / rel, replace) as tmp:
                 yield tmp
             return
         with tempfile.TemporaryDirectory(prefix="datamill-") as folder:
@@ -185,14 +187,23 @@ class Dst:
             return set()
         return {posixpath.relpath(f, root) for f in found}
 
-    def remove(self, rel: str) -> None:
-        """Remove a file or a whole folder under DST."""
+    def exists(self, rel: str) -> bool:
         if self.path is not None:
-            import shutil
-            target = self.path / rel
-            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
-            return
-        self.fs.rm(self.remote(rel), recursive=True)
+            return os.path.lexists(self.path / rel)
+        return bool(self.fs.exists(self.remote(rel)))
+
+    def remove_output(self, rel: str) -> bool:
+        """Remove an output datamill wrote (a file or a folder) and the temporary files of
+        unfinished writes to it; True if anything was there.  Only the engine calls this, and
+        only for paths its ledger lists."""
+        if self.path is not None:
+            return remove_output(self.path / rel)
+        target = self.remote(rel)
+        try:
+            self.fs.rm(target, recursive=True)
+            return True
+        except FileNotFoundError:
+            return False
 
 
 def filesystem(url: str) -> tuple[Any, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from .errors import Filtered, ItemError
+from .fault import fault
 
 OK, FILTERED, FAILED = "ok", "filtered", "failed"
 
@@ -42,6 +43,8 @@ def error_info(exc: BaseException) -> ErrorInfo:
         return ErrorInfo(exc.error_class, type(exc).__name__, str(exc), trace, exc.retryable)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         cls, retry = "disk_full", False
+    elif isinstance(exc, FileExistsError):
+        cls, retry = "dst_exists", False
     elif isinstance(exc, FileNotFoundError):
         cls, retry = "not_found", False
     elif isinstance(exc, PermissionError):
@@ -110,6 +113,11 @@ class TaskRunner:
 
     def run(self, payloads: Sequence[Any], status: Any = None, base: int = 0,
             task_id: int = 0) -> list:
+        out = self._run(payloads, status, base, task_id)
+        fault("task-end")
+        return out
+
+    def _run(self, payloads: Sequence[Any], status: Any, base: int, task_id: int) -> list:
         if self.batch_fn is not None:
             return self._run_batch(list(payloads), status, base, task_id)
         fn = self.fn

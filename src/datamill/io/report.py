@@ -82,7 +82,7 @@ def write_dedup_report(path: str | os.PathLike, groups: Iterable[ReportGroup], *
         raise ValueError(f"page_size must be >= 1, not {page_size}")
     groups = iter(groups)
     pages = n_groups = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out, \
+    with atomic_path(path, replace=True) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as out, \
             ThreadPoolExecutor(_THREADS, thread_name_prefix="datamill-thumb") as threads:
         out.write(_head(title, summary, thumb_size))
         while page := list(itertools.islice(groups, page_size)):

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Iterator, Literal, Mapping, NamedTuple, TypeVa
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datamill.engine.atomic import temp_path_for, write_bytes_atomic
+from datamill.engine.atomic import rename_noreplace, temp_path_for, write_bytes_atomic
 
 __all__ = [
     "ShardFormat",
@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_PARQUET_FIELDS",
     "open_shard_writer",
     "next_shard_id",
+    "shard_name",
     "iter_shard",
     "completes_record",
 ]
@@ -368,7 +369,7 @@ class WebDatasetShardWriter(ShardWriter):
         end = self._file.tell() + 2 * tarfile.BLOCKSIZE
         self._file.write(bytes(2 * tarfile.BLOCKSIZE + (-end) % tarfile.RECORDSIZE))
         self._file.close()
-        os.replace(self._tmp, self.path)
+        rename_noreplace(self._tmp, self.path)
         return self.path.stat().st_size
 
     def _discard(self) -> None:
@@ -537,7 +538,7 @@ class ParquetShardWriter(ShardWriter):
     def _finish(self) -> int:
         self._flush()
         self._writer.close()
-        os.replace(self._tmp, self.path)
+        rename_noreplace(self._tmp, self.path)
         return self.path.stat().st_size
 
     def _discard(self) -> None:
@@ -575,6 +576,11 @@ def open_shard_writer(
 ) -> ShardWriter:
     """A writer of shard `shard_id` of format `fmt` under `root`; `kw` go to its class."""
     return _writer_class(fmt)(root, shard_id, **kw)
+
+
+def shard_name(fmt: ShardFormat, shard_id: int) -> str:
+    """The final name of shard `shard_id` of format `fmt` ("00012", "00012.tar", ...)."""
+    return f"{shard_id:05d}{_writer_class(fmt).suffix}"
 
 
 def next_shard_id(root: str | os.PathLike[str], fmt: ShardFormat) -> int:

@@ -169,6 +169,7 @@ class ClipsJob(TreeJob):
     kind = "videos"
     final_stage = "cut"
     unit = "task"
+    outputs_per_item = True  # a cut task's clips are its own
     manifest_fields = [
         pa.field("clip_index", pa.int32()), pa.field("first_frame", pa.int64()),
         pa.field("frame_count", pa.int32()), pa.field("start_time", pa.float64()),
@@ -187,6 +188,18 @@ class ClipsJob(TreeJob):
         for e in self.files():
             yield Item(e.rel, ("plan", e.path), stage="plan", source=e.path, size=e.size,
                        mtime=e.mtime)
+
+    def outputs(self, task_id: int, payloads: list) -> list[str]:
+        """The clips a cut task writes (a plan task writes nothing)."""
+        paths = []
+        for payload in payloads:
+            if payload[0] != "cut":
+                continue
+            _, path, rel, task, _ = payload
+            suffix = Path(path).suffix
+            folder, prefix = clip_paths(Path(""), rel, self.opts, suffix)
+            paths += [clip_output(folder, prefix, c[0], self.opts, suffix) for c in task["clips"]]
+        return paths
 
     def runner(self) -> TaskRunner:
         # FFmpeg's own thread count (0) would start several decoder, scaler and encoder threads

@@ -1,16 +1,20 @@
 """Job `download`: a list of image URLs to a training-ready image dataset.
 
-Items are the input's rows (key: the zero-padded row number, stable across runs).  The engine
+Items are the input's rows, keyed by what they hold (the URL, caption and kept columns; see
+engine/keys.py), so a row moved in the list is not fetched again and a new one is.  The engine
 groups them into tasks of `shard_size` rows; a worker fetches a task's URLs concurrently
 (asyncio, hundreds of connections, a total deadline per URL), checks and transforms each image
 and writes the task's shard, named by the task id, so that URLs retried later land in new
-shards after the existing ones.
+shards after the existing ones.  The shard is the task's declared output: the engine removes
+it if the task never commits, so each URL is in exactly one shard.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import functools
+import itertools
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,15 +22,20 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..engine.atomic import TMP_MARK
 from ..engine.errors import Filtered, ItemError, UsageError
 from ..engine.job import Item, Job
+from ..engine.keys import ContentKeys
 from ..engine.storage import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
-from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer
+from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
 from ..io.sources import read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
+
+
+# The fields datamill writes in every record's metadata (a kept column may not take a name).
+RECORD_FIELDS = frozenset({"key", "row", "url", "caption", "width", "height", "original_width",
+                           "original_height", "sha256", "status"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,11 @@ class DownloadOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
 
     def validate(self) -> None:
+        taken = sorted(set(self.keep_cols) & RECORD_FIELDS)
+        if taken:
+            raise UsageError(f"--keep-cols {', '.join(taken)}: datamill writes its own field of "
+                             "that name in every record's metadata; rename the column in the "
+                             "list")
         if self.output_format not in SHARD_FORMATS:
             raise UsageError(f"--format must be one of {', '.join(SHARD_FORMATS)}")
         if self.shard_size < 1:
@@ -70,7 +84,7 @@ def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: lis
     """Fetch, check and store one task's URLs as shard `task.id` in the local folder `dst`."""
     results: list[Any] = [None] * len(payloads)
     requests = []
-    for i, (key, url, caption, kept, error) in enumerate(payloads):
+    for i, (key, row, url, caption, kept, error) in enumerate(payloads):
         if error is not None:
             results[i] = failed("bad_row", error)
             task.advance(outcome=results[i][0])
@@ -98,7 +112,7 @@ def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: lis
 def store_image(opts: DownloadOptions, writer: Any, shard: int, payload: tuple,
                 fetched: FetchResult) -> tuple:
     """The outcome of one fetched URL; an image that passes is added to the shard."""
-    key, url, caption, kept, _ = payload
+    key, row, url, caption, kept, _ = payload
     if fetched.status == "filtered":
         return filtered(fetched.error_class or "filtered", fetched.message or "")
     if fetched.status != "ok":
@@ -110,11 +124,11 @@ def store_image(opts: DownloadOptions, writer: Any, shard: int, payload: tuple,
         return filtered(exc.reason, str(exc))
     except ItemError as exc:
         return failed(exc.error_class, str(exc), type_=type(exc).__name__)
-    meta = {"key": key, "url": url, "caption": caption, **kept, "width": img.width,
+    meta = {**kept, "key": key, "row": row, "url": url, "caption": caption, "width": img.width,
             "height": img.height, "original_width": img.original_width,
             "original_height": img.original_height, "sha256": img.sha256, "status": "ok"}
     member = writer.add(key, img.data, img.ext, meta, caption)
-    return ok([{"url": url, "caption": caption, "shard": f"{shard:05d}", "member": member,
+    return ok([{"row": row, "url": url, "caption": caption, "shard": f"{shard:05d}", "member": member,
                 "width": img.width, "height": img.height, "original_width": img.original_width,
                 "original_height": img.original_height, "sha256": img.sha256,
                 "bytes": len(img.data), "kept": kept or None}])
@@ -125,7 +139,7 @@ class DownloadJob(Job):
     unit = "url"
     batch_size: int | None = 10_000
     manifest_fields = [
-        pa.field("url", pa.string()), pa.field("caption", pa.string()),
+        pa.field("row", pa.int64()), pa.field("url", pa.string()), pa.field("caption", pa.string()),
         pa.field("shard", pa.string()), pa.field("member", pa.string()),
         pa.field("width", pa.int32()), pa.field("height", pa.int32()),
         pa.field("original_width", pa.int32()), pa.field("original_height", pa.int32()),
@@ -157,19 +171,38 @@ class DownloadJob(Job):
                 "fetch": dataclasses.asdict(self.opts.fetch)}
 
     def items(self) -> Iterator[Item]:
+        keys = ContentKeys()
+        try:
+            rows = read_rows(self.src, self.opts.input_format, text_column=self.opts.url_col)
+            while chunk := list(itertools.islice(rows, 1024)):
+                parsed = [self._parse(row) for row in chunk]
+                for key, (row, content, url, caption, kept, error) in zip(
+                        keys.keys_for([p[1] for p in parsed]), parsed):
+                    yield Item(key, (key, row, url, caption, kept, error), source=url or None,
+                               columns={"row": row})
+        finally:
+            keys.close()
+
+    def _parse(self, row: Any) -> tuple:
+        """(row number, what identifies the row, url, caption, kept columns, error)."""
         o = self.opts
-        for row in read_rows(self.src, o.input_format, text_column=o.url_col):
-            key = f"{row.index:09d}"
-            if row.fields is None:
-                yield Item(key, (key, None, None, {}, row.error))
-                continue
-            url = row.fields.get(o.url_col)
-            url = str(url).strip() if url is not None else ""
-            caption = row.fields.get(o.caption_col) if o.caption_col else None
-            kept = {c: _text(row.fields.get(c)) for c in o.keep_cols}
-            error = None if url else f"row {row.index}: no URL in column {o.url_col!r}"
-            yield Item(key, (key, url, None if caption is None else str(caption), kept, error),
-                       source=url or None)
+        if row.fields is None:
+            return row.index, b"\0bad row\0" + (row.error or "").encode(), None, None, {}, row.error
+        url = row.fields.get(o.url_col)
+        url = str(url).strip() if url is not None else ""
+        caption = row.fields.get(o.caption_col) if o.caption_col else None
+        caption = None if caption is None else str(caption)
+        kept = {c: _text(row.fields.get(c)) for c in o.keep_cols}
+        error = None if url else f"row {row.index}: no URL in column {o.url_col!r}"
+        content = json.dumps([url, caption, kept] if url else [row.fields], sort_keys=True,
+                             default=str).encode("utf-8", "surrogatepass")
+        return row.index, content, url, caption, kept, error
+
+    def outputs(self, task_id: int, payloads: list) -> list[str]:
+        return [shard_name(self.opts.output_format, task_id)]
+
+    def report_names(self) -> list[str]:
+        return ["failed_urls.txt"]
 
     def runner(self) -> TaskRunner:
         return TaskRunner(batch_fn=functools.partial(download_shard, self.opts, self.dst))
@@ -179,15 +212,6 @@ class DownloadJob(Job):
         f = self.opts.fetch
         per_url = f.timeout * (f.retries + 1) + f.retries * max(f.max_backoff, f.max_retry_after)
         return math.ceil(self.opts.shard_size / f.concurrency) * per_url + 120
-
-    def prepare(self, ledger: Any) -> None:
-        """Shards numbered from the ledger's next task id were left by a killed run and are
-        not recorded: their URLs will be fetched again, so the shards go."""
-        for name in self.dst.names():
-            stem = name.split(".")[0]
-            stale = stem.isdigit() and int(stem) >= ledger.next_task_id
-            if stale or TMP_MARK in name:  # or a temp file of a killed worker
-                self.dst.remove(name)
 
     def reports(self, ledger: Any) -> None:
         with self.dst.atomic_path("failed_urls.txt") as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -39,7 +39,7 @@ import av.error
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from ..engine.atomic import atomic_path, temp_path_for
+from ..engine.atomic import atomic_path, rename_noreplace, temp_path_for
 from ..engine.errors import ItemError
 
 PathLike = str | os.PathLike
@@ -748,7 +748,7 @@ class _FramesWriter(_ClipWriter):
     def finish(self) -> ClipResult:
         if self.path.is_dir():
             shutil.rmtree(self.path)
-        os.replace(self._tmp, self.path)
+        rename_noreplace(self._tmp, self.path)
         return self.result()
 
     def abort(self, error_class: str, message: str) -> ClipResult:
