@@ -3,6 +3,9 @@ first) of this process through `fault(POINT)` kill it (kill), interrupt it as Ct
 (interrupt), or fail as a full disk does (enospc).  Read only by the engine; unset, a pass
 costs one dictionary look-up.
 
+With DATAMILL_FAULT_ONCE=PATH the fault fires in one process only, the first to create PATH
+(a worker killed once, not every worker that replaces it).
+
 Points: startup (the run holds its lock and cleaned up), submitted (the driver sent a task),
 task-end (in the worker, after the task wrote its outputs, before it reports), commit (in the
 driver, a finished task's results received, before they are recorded), ledger (in the
@@ -29,6 +32,12 @@ def fault(point: str) -> None:
     _passes[point] += 1
     if _passes[point] != int(nth or 1):
         return
+    once = os.environ.get("DATAMILL_FAULT_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "interrupt":

@@ -77,7 +77,11 @@ class Ledger:
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         if readonly:  # --dry-run, status: nothing is created or changed
-            self.db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
+            # immutable: SQLite creates no -shm/-wal beside it; only a ledger whose run died
+            # has a write-ahead log left to read, which needs them
+            wal = Path(f"{self.path}-wal").exists()
+            self.db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro"
+                                      + ("" if wal else "&immutable=1"), uri=True,
                                       isolation_level=None, check_same_thread=False)
             self.next_task_id = self.get_meta("next_task_id", 0)
             return
