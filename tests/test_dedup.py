@@ -1,9 +1,11 @@
 """Job `dedup` end to end on generated collections with known duplicates and bad inputs."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,7 @@ import pytest
 from PIL import Image
 
 import datamill
+from datamill.jobs.dedup import DedupJob
 from datamill.media.synthetic import make_bomb_png, make_image
 
 
@@ -218,3 +221,257 @@ def test_size_filters_and_time_based_keep_policies(collection, tmp_path):
         datamill.dedup(collection, out, quiet=True, keep=policy)
         kept = {r["path"] for r in pq.read_table(out / "groups.parquet").to_pylist() if r["kept"]}
         assert kept == {f"set{n}/{expected}" for n in range(3)}, policy
+
+
+# -- what dedup may touch: never the last copy of an image, never a file it did not write ---
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if p.is_file() or p.is_symlink()} if folder.exists() else set()
+
+
+def pair(src: Path) -> Path:
+    """SRC holding one picture in two sizes (a near-duplicate pair) and an unrelated one."""
+    src.mkdir(parents=True)
+    make_image(src / "big.jpg", size=(640, 480), seed=7, quality=95)
+    img = Image.open(src / "big.jpg").convert("RGB")
+    (src / "small.jpg").write_bytes(jpeg_of(img.resize((320, 240), Image.LANCZOS)))
+    make_image(src / "other.jpg", size=(640, 480), seed=8)
+    return src
+
+
+def test_a_rerun_with_another_keep_never_moves_the_kept_copies(collection, tmp_path, capsys):
+    for n in range(3):  # half.jpg is the oldest of each group
+        for age, name in enumerate(["half.jpg", "as.png", "recompressed.jpg", "original.jpg",
+                                    "copy of original.jpg"]):
+            os.utime(collection / f"set{n}" / name, (1_000_000 + age, 1_000_000 + age))
+    moved, dst = tmp_path / "moved", tmp_path / "dst"
+    datamill.dedup(collection, dst, quiet=True, action="move-duplicates", move_to=str(moved))
+    assert all(files_under(collection / f"set{n}") == {"as.png"} for n in range(3))
+    # --keep oldest keeps half.jpg, which the first run moved: nothing of its group moves
+    again = datamill.dedup(collection, dst, action="move-duplicates", move_to=str(moved),
+                           keep="oldest")
+    assert again.exit_code == 0
+    for n in range(3):
+        assert files_under(collection / f"set{n}") == {"as.png"}  # still the one copy in SRC
+        assert files_under(moved / f"set{n}") == {"half.jpg", "recompressed.jpg", "original.jpg",
+                                                   "copy of original.jpg"}
+    rows = {r["path"]: r for r in pq.read_table(dst / "groups.parquet").to_pylist()}
+    assert rows["set0/half.jpg"]["kept"]
+    assert rows["set0/half.jpg"]["moved_to"] == str(moved / "set0/half.jpg")
+    assert rows["set0/as.png"]["moved_to"] is None and not rows["set0/as.png"]["kept"]
+    out = capsys.readouterr().out
+    assert "3 groups keep a copy that is in --move-to" in out
+    assert "3 duplicates of them stay in SRC" in out
+    assert "kept copy is in SRC" not in out
+    assert "moved 0 duplicates" in out
+
+
+def test_deleting_a_kept_image_never_moves_its_last_copy(tmp_path, capsys):
+    src, moved, dst = pair(tmp_path / "src"), tmp_path / "moved", tmp_path / "dst"
+    datamill.dedup(src, dst, quiet=True)  # hashes; big.jpg is kept
+    assert manifest(dst)["small.jpg"]["duplicate_of"] == "big.jpg"
+    (src / "big.jpg").unlink()
+    report = datamill.dedup(src, dst, action="move-duplicates", move_to=str(moved))
+    assert report.exit_code == 0
+    assert files_under(src) == {"small.jpg", "other.jpg"}  # the last copy stays
+    assert files_under(moved) == set()
+    assert manifest(dst)["small.jpg"]["status"] == "ok"
+    out = capsys.readouterr().out
+    assert "1 hashed before are no longer there" in out and "moved 0 duplicates" in out
+    # after a move, the kept image deleted: its duplicate is in --move-to, nothing moves
+    make_image(src / "big.jpg", size=(640, 480), seed=7, quality=95)
+    datamill.dedup(src, dst, quiet=True, action="move-duplicates", move_to=str(moved))
+    assert files_under(src) == {"big.jpg", "other.jpg"} and files_under(moved) == {"small.jpg"}
+    (src / "big.jpg").unlink()
+    datamill.dedup(src, dst, quiet=True, action="move-duplicates", move_to=str(moved))
+    assert files_under(src) == {"other.jpg"} and files_under(moved) == {"small.jpg"}
+
+
+def test_against_src_its_own_dst_or_a_dedup_of_src_is_refused(collection, tmp_path):
+    before = {p: p.read_bytes() for p in collection.rglob("*") if p.is_file()}
+    dst, moved = tmp_path / "dst", tmp_path / "moved"
+    datamill.dedup(collection, dst, quiet=True)
+    for against in (collection, collection / "set0", tmp_path, dst):
+        with pytest.raises(datamill.UsageError, match="--against"):
+            datamill.dedup(collection, dst, quiet=True, action="move-duplicates",
+                           move_to=str(moved), against=str(against))
+    # a dedup DST of SRC itself (another DST): every image would duplicate itself
+    other = tmp_path / "other-dst"
+    datamill.dedup(collection, other, quiet=True)
+    with pytest.raises(datamill.UsageError, match="lists images of SRC"):
+        datamill.dedup(collection, dst, quiet=True, action="move-duplicates",
+                       move_to=str(moved), against=str(other))
+    assert files_under(moved) == set()
+    assert {p: p.read_bytes() for p in collection.rglob("*") if p.is_file()} == before
+    out = subprocess.run([sys.executable, "-m", "datamill", "dedup", str(collection), str(dst),
+                          "--against", str(collection)], capture_output=True, text=True)
+    assert out.returncode == 2 and "--against" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_name_taken_in_move_to_is_never_overwritten(collection, tmp_path):
+    moved, dst = tmp_path / "moved", tmp_path / "dst"
+    (moved / "set0").mkdir(parents=True)
+    (moved / "set0" / "half.jpg").write_bytes(b"the user's own file")
+    half = (collection / "set0" / "half.jpg").read_bytes()
+    datamill.dedup(collection, dst, quiet=True, action="move-duplicates", move_to=str(moved))
+    assert (moved / "set0" / "half.jpg").read_bytes() == b"the user's own file"
+    assert (moved / "set0" / "half.1.jpg").read_bytes() == half
+    log = [json.loads(x) for x in (dst / "moved.jsonl").read_text().splitlines()]
+    assert {"from": str(collection / "set0/half.jpg"), "to": str(moved / "set0/half.1.jpg")}.items() \
+        <= next(e for e in log if e["from"].endswith("set0/half.jpg")).items()
+    assert manifest(dst)["set0/half.jpg"]["moved_to"] == str(moved / "set0/half.1.jpg")
+
+
+def test_a_report_inside_src_or_on_a_file_of_the_user_is_refused(collection, tmp_path):
+    dst = tmp_path / "dst"
+    original = (collection / "set0/original.jpg").read_bytes()
+    for report in (str(collection / "set0/original.jpg"), "../src/set0/original.jpg",
+                   str(collection / "new-report.html")):
+        with pytest.raises(datamill.UsageError, match="inside SRC"):
+            datamill.dedup(collection, dst, quiet=True, report=report)
+    assert (collection / "set0/original.jpg").read_bytes() == original
+    assert not (collection / "new-report.html").exists()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(datamill.UsageError, match="not a datamill report"):
+        datamill.dedup(collection, dst, quiet=True, report=str(notes))
+    assert notes.read_text() == "mine"
+    elsewhere = tmp_path / "elsewhere.html"  # outside DST: written, then rewritten
+    for _ in range(2):
+        assert datamill.dedup(collection, dst, quiet=True, report=str(elsewhere)).exit_code == 0
+    assert elsewhere.stat().st_size > 1000
+
+
+def test_copy_after_sources_were_deleted_fails_only_those_images(collection, tmp_path, monkeypatch,
+                                                                 capsys):
+    dst = tmp_path / "dst"
+    datamill.dedup(collection, dst, quiet=True)
+    (collection / "set0/as.png").unlink()  # a kept image, deleted before the run
+    real_copy2 = shutil.copy2
+
+    def copy2_racing_a_delete(source, dest, **kw):  # deleted between hashing and copying
+        if str(source).endswith("distinct-a.jpg"):
+            os.unlink(source)
+        return real_copy2(source, dest, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", copy2_racing_a_delete)
+    report = datamill.dedup(collection, dst, action="copy")
+    assert report.exit_code == 1  # one image failed, the others are there
+    out = capsys.readouterr().out
+    assert "Traceback" not in out and "1 images could not be placed (copy)" in out
+    assert files_under(dst) - files_under(dst / "_datamill") >= {
+        "set0/copy of original.jpg", "set1/as.png", "set2/as.png", "other/distinct-b.png"}
+    assert not (dst / "other/distinct-a.jpg").exists()
+    m = manifest(dst)
+    assert (m["other/distinct-a.jpg"]["status"], m["other/distinct-a.jpg"]["reason"]) == \
+        ("failed", "not_found")
+    failures = [json.loads(x) for x in (dst / "failures.jsonl").read_text().splitlines()]
+    assert [f["key"] for f in failures] == ["other/distinct-a.jpg"]
+    assert m["set0/half.jpg"]["duplicate_of"] == "set0/copy of original.jpg"
+    monkeypatch.undo()
+    again = datamill.dedup(collection, dst, quiet=True, action="copy")  # rerun: no traceback
+    assert again.exit_code == 0 and not (dst / "failures.jsonl").read_text()
+    # a file of the user's where a survivor goes fails that one image and is left alone
+    make_image(collection / "other/new.jpg", size=(640, 480), seed=400)
+    (dst / "other/new.jpg").write_bytes(b"mine")
+    taken = datamill.dedup(collection, dst, quiet=True, action="copy")
+    assert taken.exit_code == 1 and (dst / "other/new.jpg").read_bytes() == b"mine"
+    assert manifest(dst)["other/new.jpg"]["reason"] == "dst_exists"
+
+
+def test_hardlink_across_file_systems_falls_back_to_a_copy(tmp_path, monkeypatch, capsys):
+    shm = Path("/dev/shm")
+    other_fs = shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev
+    base = Path(tempfile.mkdtemp(dir=shm)) if other_fs else tmp_path
+    try:
+        if not other_fs:  # no second file system here: the kernel's answer, simulated
+            def link(*a, **kw):
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+            monkeypatch.setattr(os, "link", link)
+        src, dst = pair(base / "src"), tmp_path / "dst"
+        report = datamill.dedup(src, dst, action="hardlink")
+        assert report.exit_code == 0
+        assert files_under(dst) - files_under(dst / "_datamill") >= {"big.jpg", "other.jpg"}
+        assert not (dst / "small.jpg").exists()
+        assert (dst / "big.jpg").read_bytes() == (src / "big.jpg").read_bytes()
+        assert not os.path.samefile(dst / "big.jpg", src / "big.jpg")
+        assert "2 survivors are on another file system than DST: copied instead" in capsys.readouterr().out
+        again = datamill.dedup(src, dst, action="hardlink")  # the copies count as placed
+        assert again.exit_code == 0
+        assert "0 survivors placed in DST this run, 2 already there" in capsys.readouterr().out
+    finally:
+        if other_fs:
+            shutil.rmtree(base)
+
+
+def test_move_to_with_another_action_names_move_to(collection, tmp_path):
+    with pytest.raises(datamill.UsageError, match="^--move-to goes only with --action move-duplicates"):
+        datamill.dedup(collection, tmp_path / "dst", quiet=True, action="copy",
+                       move_to=str(tmp_path / "m"))
+    out = subprocess.run([sys.executable, "-m", "datamill", "dedup", str(collection),
+                          str(tmp_path / "dst"), "--action", "copy", "--move-to", str(tmp_path / "m")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--move-to goes only with" in out.stderr
+    assert not (tmp_path / "dst" / "set0").exists() and not (tmp_path / "m").exists()
+
+
+def test_the_summary_and_ledger_count_duplicates_as_filtered(collection, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    report = datamill.dedup(collection, dst, action="move-duplicates", move_to=str(tmp_path / "m"))
+    out = capsys.readouterr().out
+    assert report.counts == {"ok": 5, "filtered": 12, "failed": 0}
+    assert json.loads((dst / "stats.json").read_text())["counts"]["filtered"] == 12
+    assert "ok 5, filtered 12, failed 0" in out
+    assert "12 duplicates filtered, 5 kept" in out
+    assert "moved 12 duplicates" in out and "every group's kept copy is in SRC" in out
+    assert len(files_under(tmp_path / "m")) == 12 and len(files_under(collection)) == 5
+
+
+def test_a_move_a_killed_run_never_recorded_is_undone_and_redone(collection, tmp_path):
+    moved, dst = tmp_path / "moved", tmp_path / "dst"
+    originals = {p.relative_to(collection).as_posix(): p.read_bytes()
+                 for p in collection.rglob("*") if p.is_file()}
+    # kill -9 of the driver just after its third move, before the ledger says it is done
+    code = ("import os, signal, sys\n"
+            "from datamill.engine.ledger import Ledger\n"
+            "import datamill\n"
+            "done, n = Ledger.done_move, [0]\n"
+            "def killed(self, source):\n"
+            "    n[0] += 1\n"
+            "    if n[0] == 3:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    done(self, source)\n"
+            "Ledger.done_move = killed\n"
+            f"datamill.dedup({str(collection)!r}, {str(dst)!r}, quiet=True, executor='serial',\n"
+            f"               action='move-duplicates', move_to={str(moved)!r})\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -9, out.stderr
+    assert len(files_under(moved)) == 3 and len(files_under(collection)) == 14
+    report = datamill.dedup(collection, dst, quiet=True, action="move-duplicates",
+                            move_to=str(moved))
+    assert report.exit_code == 0
+    assert files_under(collection) == {f"set{n}/as.png" for n in range(3)} | {
+        "other/distinct-a.jpg", "other/distinct-b.png"}
+    assert len(files_under(moved)) == 12  # each duplicate once: none lost, none twice
+    now = {**{k: (collection / k).read_bytes() for k in files_under(collection)},
+           **{k: (moved / k).read_bytes() for k in files_under(moved)}}
+    assert now == originals
+    log = [json.loads(x) for x in (dst / "moved.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in log].count("put back: a run stopped before recording it") == 1
+
+
+def test_overwrite_puts_moved_files_back(collection, tmp_path, caplog):
+    moved, dst = tmp_path / "moved", tmp_path / "dst"
+    everything = files_under(collection)
+    datamill.dedup(collection, dst, quiet=True, action="move-duplicates", move_to=str(moved))
+    assert len(files_under(moved)) == 12
+    (collection / "set1/half.jpg").write_bytes(b"a new file of the user's, same name")
+    datamill.dedup(collection, dst, quiet=True, overwrite=True)
+    assert files_under(collection) == everything  # back where they came from
+    assert (collection / "set1/half.jpg").read_bytes() == b"a new file of the user's, same name"
+    assert files_under(moved) == {"set1/half.jpg"}  # its place was taken: left there
+    assert "1 moved files stay in --move-to: their place in SRC is taken" in caplog.text
+    assert not (dst / "set0").exists()
+    assert set(DedupJob(collection, dst).report_names()) == {"groups.parquet", "report.html",
+                                                            "moved.jsonl"}

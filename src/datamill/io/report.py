@@ -61,6 +61,7 @@ class ReportMember:
     height: int
     bytes: int
     phash_hex: str
+    moved_to: str | None = None  # where dedup moved the file (then ``source_path`` is there)
 
 
 @dataclass
@@ -101,6 +102,16 @@ def write_dedup_report(path: str | os.PathLike, groups: Iterable[ReportGroup], *
         out.write("</script>\n<script>DM.done()</script>\n</body>\n</html>\n")
 
 
+def is_dedup_report(path: str | os.PathLike) -> bool:
+    """Whether the file at `path` is a report this module wrote (so it may be rewritten)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"<!doctype html>") and _GENERATOR in head
+
+
 def make_thumbnail(source: str | os.PathLike, size: int) -> tuple[str, int, int] | str:
     """A JPEG data URI of `source` fitted in size x size, with its width and height; or,
     when the image cannot be read, the reason (a short line for a person)."""
@@ -122,6 +133,8 @@ def _member_record(m: ReportMember, thumb: tuple[str, int, int] | str) -> dict[s
     record: dict[str, Any] = {"path": _text(m.path), "kept": bool(m.kept), "distance": int(m.distance),
                               "width": int(m.width), "height": int(m.height), "bytes": int(m.bytes),
                               "phash": _text(m.phash_hex)}
+    if m.moved_to is not None:
+        record["moved_to"] = _text(m.moved_to)
     if isinstance(thumb, str):
         record["error"] = _text(thumb)
     else:
@@ -159,6 +172,7 @@ def _head(title: str, summary: dict[str, Any], thumb_size: int) -> str:
     return re.sub("%(TITLE|THUMB|SUMMARY)%", lambda m: fields[m.group(1)], _PAGE_HEAD)
 
 
+_GENERATOR = b'<meta name="generator" content="datamill">'
 _PAGE_HEAD = """<!doctype html>
 <html lang="en" style="--thumb: %THUMB%px">
 <head>
@@ -260,6 +274,12 @@ var DM = (function () {
     var info = el("div", "meta", m.width + "\u00d7" + m.height + " \u00b7 " + size(m.bytes));
     info.title = num(m.bytes) + " bytes \u00b7 phash " + m.phash;
     cap.appendChild(info);
+    if (m.moved_to) {
+      var moved = el("div", "dir moved");
+      moved.title = "moved to " + m.moved_to;
+      moved.appendChild(el("bdi", "", "moved to " + m.moved_to));
+      cap.appendChild(moved);
+    }
     fig.appendChild(cap);
     return fig;
   }

@@ -7,14 +7,32 @@ near copies through a multi-index search on the perceptual hashes, union-find in
 keeps one image per group by the keep policy, and acts: a report only by default, or copy /
 link the survivors, or move the duplicates away.  Changing the threshold, the keep policy or
 the action regroups from the stored hashes, without rehashing.
+
+Groups and actions are decided from the files present now.  An image hashed before and
+deleted since is left out.  An image an earlier run moved to --move-to is grouped where it
+is; the keep policy may keep it there, and then nothing of its group moves.  A duplicate
+moves only while the image it duplicates (its group's kept image, in SRC, or the reference
+file of --against) exists, so no run removes the last copy of an image from SRC.
+
+Moved files stay the user's: each move is recorded in the ledger before it happens and
+logged in DST/moved.jsonl after.  A move that a killed run never recorded as done is undone
+by the next run, `--overwrite` puts every moved file back, and a name taken in --move-to is
+never replaced (the file gets a free one: `photo.1.jpg`).  A survivor that cannot be copied
+or linked, or a duplicate that cannot be moved, fails as its error class (stage `place`) and
+is tried again by the next run.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import filecmp
 import functools
+import itertools
 import json
+import logging
 import os
+import posixpath
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +42,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..engine.atomic import atomic_path
+from ..engine.atomic import atomic_path, remove_output, rename_noreplace
 from ..engine.errors import UsageError
 from ..engine.job import Item
-from ..engine.task import TaskContext, TaskRunner, failed_with, filtered, ok
+from ..engine.task import (FAILED, FILTERED, OK, ErrorInfo, TaskContext, TaskRunner, error_info,
+                           failed_with, filtered, ok)
 from .tree import TreeJob
 from ..media.hash_index import near_groups, pairs_against
 from ..media.hashes import HASH_KINDS, hamming, hash_images, to_hex
@@ -36,6 +55,13 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 KEEP_POLICIES = ("largest", "first", "oldest", "newest")
 ACTIONS = ("report", "copy", "hardlink", "symlink", "move-duplicates")
 DEFAULT_THRESHOLD = 6  # bench/dedup.py: the largest meeting P >= 0.99, R >= 0.95 (see BENCHMARKS.md)
+MOVE_LOG = "moved.jsonl"
+GROUPS = "groups.parquet"
+PLACE = "place"  # the stage of an image whose copy, link or move failed (its hash is kept)
+# The ledger rows that hold a hash: the images that take part in grouping.
+_HASHED = ("WHERE status='ok' OR (status='filtered' AND reason IN ('duplicate', "
+           f"'duplicate_of_reference')) OR (status='failed' AND stage='{PLACE}')")
+log = logging.getLogger("datamill")
 
 
 @dataclass(frozen=True)
@@ -62,14 +88,15 @@ class DedupOptions:
             raise UsageError(f"--keep must be one of {', '.join(KEEP_POLICIES)}")
         if self.action not in ACTIONS:
             raise UsageError(f"--action must be one of {', '.join(ACTIONS)}")
-        if (self.action == "move-duplicates") != (self.move_to is not None):
+        if self.action == "move-duplicates" and self.move_to is None:
             raise UsageError("--action move-duplicates needs a folder to move them to (--move-to DIR)")
+        if self.move_to is not None and self.action != "move-duplicates":
+            raise UsageError(f"--move-to goes only with --action move-duplicates (the action "
+                             f"is {self.action}); drop --move-to or use --action move-duplicates")
 
     def fingerprint(self) -> dict:
         return {"hash": self.hash, "fast": self.fast, "min_size": self.min_size,
                 "min_bytes": self.min_bytes}
-
-
 def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, int]]) -> list[tuple]:
     """Run in a worker: hash a task's images together (their DCTs in one batch), filtering
     by size; each image that fails costs only itself, and `task.start` names the image being
@@ -102,7 +129,8 @@ def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, 
 
 @dataclass
 class _Collection:
-    """Every hashed image of the ledger, as arrays (one row per image, in key order)."""
+    """Hashed images of a ledger, as arrays (one row per image, in key order), and where each
+    file is now: `where` is its path in SRC, or where dedup moved it (then also `moved_to`)."""
 
     keys: list[str]
     sources: list[str]
@@ -112,11 +140,13 @@ class _Collection:
     height: np.ndarray
     size: np.ndarray
     mtime: np.ndarray
+    where: list[str]
+    moved_to: list[str | None]
 
     @classmethod
     def load(cls, ledger: Any) -> "_Collection":
         keys, sources, hashes, sha, w, h, b, mt = [], [], [], [], [], [], [], []
-        for row in ledger.iter_items("WHERE status='ok'"):
+        for row in ledger.iter_items(_HASHED):
             rec = json.loads(row["records"])[0]
             keys.append(row["key"])
             sources.append(row["source"])
@@ -127,10 +157,36 @@ class _Collection:
             b.append(rec["bytes"])
             mt.append(row["mtime"] or 0.0)
         return cls(keys, sources, np.array(hashes, dtype=np.uint64), sha, np.array(w, np.int64),
-                   np.array(h, np.int64), np.array(b, np.int64), np.array(mt, np.float64))
+                   np.array(h, np.int64), np.array(b, np.int64), np.array(mt, np.float64),
+                   list(sources), [None] * len(keys))
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def locate(self, moved: dict[str, str]) -> np.ndarray:
+        """Find each image now (in SRC, else where a done move of `moved` put it); returns
+        the mask of the images that are still somewhere."""
+        present = np.zeros(len(self), bool)
+        for i, source in enumerate(self.sources):
+            if os.path.exists(source):
+                present[i] = True
+            elif (dest := moved.get(source)) is not None and os.path.exists(dest):
+                self.where[i] = self.moved_to[i] = dest
+                present[i] = True
+        return present
+
+    def take(self, idx: np.ndarray) -> "_Collection":
+        def pick(values: list) -> list:
+            return [values[i] for i in idx]
+        return _Collection(pick(self.keys), pick(self.sources), self.hashes[idx],
+                           pick(self.sha256), self.width[idx], self.height[idx], self.size[idx],
+                           self.mtime[idx], pick(self.where), pick(self.moved_to))
+
+    def record(self, i: int) -> dict:
+        """Image `i`'s hash record, as the worker returned it."""
+        return {"hash": to_hex(int(self.hashes[i])), "sha256": self.sha256[i],
+                "width": int(self.width[i]), "height": int(self.height[i]),
+                "bytes": int(self.size[i])}
 
 
 def group_images(c: _Collection, threshold: int) -> np.ndarray:
@@ -154,6 +210,65 @@ def choose_kept(c: _Collection, members: np.ndarray, policy: str) -> int:
     return int(members[order[0]])
 
 
+@dataclass
+class _Plan:
+    """The groups of the images present now and what each image is."""
+
+    groups: np.ndarray  # group id per image
+    sizes: np.ndarray  # members per group id
+    kept_of: np.ndarray  # the member its group keeps (itself when unique)
+    distance: np.ndarray  # Hamming distance to that member
+    reference: dict[int, tuple[str, int]]  # duplicates of --against: (reference file, distance)
+    survives: np.ndarray  # kept or unique, and no duplicate of the reference
+
+    def grouped(self) -> np.ndarray:
+        """The images in groups of two or more, by group then position."""
+        idx = np.flatnonzero(self.sizes[self.groups] > 1)
+        return idx[np.lexsort((idx, self.groups[idx]))]
+
+
+def plan_groups(c: _Collection, threshold: int, policy: str,
+                reference: dict[int, tuple[str, int]]) -> _Plan:
+    """Group the images and choose the one each group keeps, among the members that do not
+    duplicate the reference (any member when all do: then nothing of the group survives)."""
+    n = len(c)
+    groups = group_images(c, threshold) if n else np.zeros(0, np.int64)
+    sizes = np.bincount(groups, minlength=n) if n else np.zeros(0, np.int64)
+    kept_of = np.arange(n)
+    in_reference = np.zeros(n, bool)
+    in_reference[list(reference)] = True
+    order = np.argsort(groups, kind="stable")
+    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1) if n else []:
+        if len(members) > 1:
+            free = members[~in_reference[members]]
+            kept_of[members] = choose_kept(c, free if len(free) else members, policy)
+    distance = hamming(c.hashes, c.hashes[kept_of]).astype(np.int64) if n else kept_of
+    return _Plan(groups, sizes, kept_of, distance, reference,
+                 (kept_of == np.arange(n)) & ~in_reference)
+
+
+def move_file(source: Path, dest: Path) -> None:
+    """Move a file (a symlink as itself) to `dest`, whose folder exists, never replacing a file
+    there (FileExistsError); across file systems it is copied under a temporary name, renamed
+    into place, then the original removed."""
+    try:
+        rename_noreplace(source, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with atomic_path(dest) as tmp:
+            shutil.copy2(source, tmp, follow_symlinks=False)
+        os.unlink(source)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 class DedupJob(TreeJob):
     name = "dedup"
     kind = "images"
@@ -165,7 +280,7 @@ class DedupJob(TreeJob):
         pa.field("width", pa.int32()), pa.field("height", pa.int32()),
         pa.field("bytes", pa.int64()), pa.field("group", pa.int64()),
         pa.field("kept", pa.bool_()), pa.field("distance", pa.int32()),
-        pa.field("duplicate_of", pa.string()),
+        pa.field("duplicate_of", pa.string()), pa.field("moved_to", pa.string()),
     ]
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike,
@@ -182,12 +297,69 @@ class DedupJob(TreeJob):
             raise UsageError("--action move-duplicates needs a local DST: its log DST/moved.jsonl "
                              f"grows as files move, which an object store ({self.dst}) cannot do")
         super().validate()
-        if self.opts.move_to is not None:
-            move_to = Path(self.opts.move_to).resolve()
-            if move_to == self.src.resolve() or self.src.resolve() in move_to.parents:
-                raise UsageError("--move-to must be outside SRC")
-        if self.opts.against is not None and not Path(self.opts.against).is_dir():
-            raise UsageError(f"--against must be a folder of images or a dedup DST: {self.opts.against}")
+        src = self.src.resolve()
+        move_to = Path(self.opts.move_to).resolve() if self.opts.move_to is not None else None
+        if move_to is not None and (_inside(move_to, src) or _inside(src, move_to)):
+            raise UsageError(f"--move-to must be outside SRC (and not hold it): {self.opts.move_to}")
+        if self.opts.against is not None:
+            self._check_against(src, move_to)
+        self._check_report(src)
+
+    def _check_against(self, src: Path, move_to: Path | None) -> None:
+        """The reference must be another collection: one that holds SRC, DST or --move-to (or
+        lies in one of them) would make images duplicates of themselves."""
+        against = Path(self.opts.against)
+        if not against.is_dir():
+            raise UsageError(f"--against must be a folder of images or a dedup DST: {against}")
+        ref = against.resolve()
+        others = [("SRC", src), ("--move-to", move_to),
+                  ("DST", None if self.dst.is_remote else self.dst.path.resolve())]
+        for name, other in others:
+            if other is not None and (_inside(ref, other) or _inside(other, ref)):
+                raise UsageError(f"--against {against} overlaps {name} ({other}): its images "
+                                 "would be duplicates of themselves; give a reference collection "
+                                 "outside SRC, DST and --move-to")
+
+    def _report_file(self) -> Path | None:
+        """The report's local path (None: no report, or a remote DST's own)."""
+        if not self.opts.report:
+            return None
+        path = Path(self.opts.report)
+        if path.is_absolute():
+            return path
+        return None if self.dst.path is None else self.dst.path / path
+
+    def _report_in_dst(self) -> str | None:
+        """The report's path relative to DST when it is one of DST's files."""
+        if not self.opts.report or Path(self.opts.report).is_absolute():
+            return None
+        rel = posixpath.normpath(Path(self.opts.report).as_posix())
+        return None if rel == ".." or rel.startswith("../") else rel
+
+    def _check_report(self, src: Path) -> None:
+        """The report never lands in SRC, on DST's other files, or on a file that is no
+        datamill report (outside DST the ledger cannot tell whose a file is)."""
+        path = self._report_file()
+        if path is None:
+            return
+        rel = self._report_in_dst()
+        resolved = path.resolve()
+        if _inside(resolved, src):
+            raise UsageError(f"--report {self.opts.report} is inside SRC {self.src}: it would "
+                             "write over your files; give a name in DST or a path outside SRC")
+        if resolved.is_dir():
+            raise UsageError(f"--report {self.opts.report} is a folder; give a file name")
+        if rel is not None and (rel.split("/")[0] == "_datamill" or rel in (
+                GROUPS, MOVE_LOG, "manifest.parquet", "failures.jsonl", "stats.json")):
+            raise UsageError(f"--report {self.opts.report} is the name of another file of DST")
+        from ..io.report import is_dedup_report
+        if rel is None and resolved.exists() and not is_dedup_report(resolved):
+            raise UsageError(f"--report {self.opts.report} exists and is not a datamill report; "
+                             "it is left alone: choose another path")
+
+    def report_names(self) -> list[str]:
+        rel = self._report_in_dst()
+        return [GROUPS, MOVE_LOG] + ([rel] if rel else [])
 
     def items(self) -> Iterator[Item]:
         for e in self.files():
@@ -196,31 +368,74 @@ class DedupJob(TreeJob):
     def runner(self) -> TaskRunner:
         return TaskRunner(batch_fn=functools.partial(hash_batch, self.opts))
 
+    # -- the moves of earlier runs ------------------------------------------------------------
+    def prepare(self, ledger: Any, overwrite: bool) -> None:
+        """Settle the moves of earlier runs.  A move a killed run made but never recorded as
+        done is undone (this run decides again from the files present); one that never
+        happened is forgotten.  With `overwrite`, every moved file is put back where it came
+        from, or left where it is when that path is taken again."""
+        said: dict[str, list[Path]] = {}
+        for source, dest, state in ledger.moves():
+            if state == "done" and not overwrite:
+                continue
+            s, d = Path(source), Path(dest)
+            if state == "pending" and os.path.lexists(s):  # it never happened
+                if os.path.lexists(d) and filecmp.cmp(s, d, shallow=False):
+                    d.unlink()  # the finished copy of a move across file systems
+                ledger.forget_move(source)
+                continue
+            if not os.path.lexists(d):
+                said.setdefault("are no longer where dedup moved them: nothing to put back",
+                                []).append(d)
+            elif os.path.lexists(s):
+                said.setdefault("stay in --move-to: their place in SRC is taken", []).append(d)
+            else:
+                try:
+                    s.parent.mkdir(parents=True, exist_ok=True)
+                    move_file(d, s)
+                except OSError as exc:  # still recorded: tried again by the next run
+                    said.setdefault(f"could not be put back ({exc.strerror or exc})", []).append(d)
+                    continue
+                why = "--overwrite" if state == "done" else "a run stopped before recording it"
+                with open(self.dst.path / MOVE_LOG, "a", encoding="utf-8") as move_log:
+                    move_log.write(json.dumps({"from": dest, "to": source,
+                                               "reason": f"put back: {why}"}) + "\n")
+                said.setdefault(f"were put back into SRC ({why})", []).append(s)
+            ledger.forget_move(source)
+        for what, paths in said.items():
+            log.warning("datamill dedup: %d moved files %s (e.g. %s)", len(paths), what, paths[0])
+
     # -- the global phase ---------------------------------------------------------------------
     def finish(self, ledger: Any, quiet: bool) -> None:
-        c = _Collection.load(ledger)
-        groups = group_images(c, self.opts.threshold) if len(c) else np.zeros(0, np.int64)
-        kept_of = np.arange(len(c))
-        sizes = np.bincount(groups, minlength=len(c)) if len(c) else np.zeros(0, np.int64)
-        order = np.argsort(groups, kind="stable")
-        bounds = np.flatnonzero(np.diff(groups[order])) + 1 if len(c) else np.zeros(0, np.int64)
-        for members in np.split(order, bounds) if len(c) else []:
-            if len(members) > 1:
-                kept_of[members] = choose_kept(c, members, self.opts.keep)
-        distance = hamming(c.hashes, c.hashes[kept_of]).astype(np.int64) if len(c) else kept_of
-        reference = self._against(c, quiet) if self.opts.against else {}
-        self._record_outcomes(ledger, c, groups, sizes, kept_of, distance, reference)
-        self._write_groups(c, groups, sizes, kept_of, distance)
-        dup = (kept_of != np.arange(len(c))) | np.isin(np.arange(len(c)), list(reference))
-        self.result = {"images": len(c), "groups": int((sizes > 1).sum()),
-                       "duplicates": int(dup.sum()), "against": len(reference),
-                       "exact": int(len(c) - len(set(c.sha256)))}
-        self._act(c, dup, quiet)
+        everything = _Collection.load(ledger)
+        present = everything.locate({s: d for s, d, _ in ledger.moves("done")})
+        c = everything.take(np.flatnonzero(present))
+        plan = plan_groups(c, self.opts.threshold, self.opts.keep,
+                           self._against(c) if self.opts.against else {})
+        dup = ~plan.survives
+        self.result = {"images": len(c), "gone": int((~present).sum()),
+                       "groups": int((plan.sizes > 1).sum()), "duplicates": int(dup.sum()),
+                       "against": len(plan.reference), "exact": int(len(c) - len(set(c.sha256))),
+                       "kept_moved": int(sum(c.moved_to[i] is not None
+                                             for i in np.flatnonzero(plan.survives)
+                                             if plan.sizes[plan.groups[i]] > 1))}
+        failures: dict[int, ErrorInfo] = {}
+        if self.opts.action == "move-duplicates":
+            self._move_duplicates(ledger, c, plan, failures)
+        elif self.opts.action != "report":
+            self._place_survivors(ledger, c, plan, failures)
+        self.result["failed"] = len(failures)
+        if failures:
+            i, e = next(iter(failures.items()))
+            self.result["failed_example"] = f"{c.keys[i]}: {e}"
+        self._record_outcomes(ledger, everything, present, c, plan, failures)
+        self._write_groups(c, plan)
         if self.opts.report:
-            self._write_report(c, groups, sizes, kept_of, distance)
+            self._write_report(c, plan)
 
-    def _against(self, c: _Collection, quiet: bool) -> dict[int, tuple[str, int]]:
-        """Images of SRC within the threshold of a reference image: index -> (ref path, dist)."""
+    def _against(self, c: _Collection) -> dict[int, tuple[str, int]]:
+        """Images of SRC within the threshold of a reference image that exists now:
+        index -> (reference file, distance)."""
         from ..engine.ledger import Ledger
         from ..engine.run import RunOptions, run_job, state_path
         ref = Path(self.opts.against)
@@ -233,132 +448,289 @@ class DedupJob(TreeJob):
         ref_ledger = Ledger.open_existing(state_path(ref))
         try:
             r = _Collection.load(ref_ledger)
+            r = r.take(np.flatnonzero(r.locate({s: d for s, d, _ in ref_ledger.moves("done")})))
         finally:
             ref_ledger.close()
         qi, rj, dist = pairs_against(c.hashes, r.hashes, self.opts.threshold)
+        src = self.src.resolve()
         found: dict[int, tuple[str, int]] = {}
         for q, j, d in zip(qi.tolist(), rj.tolist(), dist.tolist()):
-            if q not in found or d < found[q][1]:
-                found[q] = (r.sources[j], d)
+            if _inside(Path(r.where[j]).resolve(), src):
+                raise UsageError(f"--against {self.opts.against} lists images of SRC (e.g. "
+                                 f"{r.where[j]}): each would be a duplicate of itself; give a "
+                                 "reference collection outside SRC")
+            found[q] = (r.where[j], d)
         return found
 
-    def _record_outcomes(self, ledger: Any, c: _Collection, groups: np.ndarray, sizes: np.ndarray,
-                         kept_of: np.ndarray, distance: np.ndarray,
-                         reference: dict[int, tuple[str, int]]) -> None:
-        """Mark each image in its ledger records: a kept or unique image stays ok, a duplicate
-        is filtered with reason duplicate (this is redone from the hashes on every run)."""
+    def _move_duplicates(self, ledger: Any, c: _Collection, plan: _Plan,
+                         failures: dict[int, ErrorInfo]) -> None:
+        """Move the duplicates in SRC whose kept image (or reference file) is there now."""
+        target = Path(os.path.abspath(self.opts.move_to))  # the ledger outlives the cwd
+        taken = {dest for _, dest, _ in ledger.moves()}
+        moved = before = held = nbytes = 0
+        with open(self.dst.path / MOVE_LOG, "a", encoding="utf-8") as move_log:
+            for i in np.flatnonzero(~plan.survives):
+                if c.moved_to[i] is not None:
+                    before += 1
+                    continue
+                if i in plan.reference:
+                    original, reason = plan.reference[i][0], "duplicate_of_reference"
+                else:  # kept in --move-to by this --keep: the group stays as it is
+                    k = plan.kept_of[i]
+                    original = c.where[k] if c.moved_to[k] is None else None
+                    reason = "duplicate"
+                if original is None or not os.path.exists(original):
+                    held += 1
+                    continue
+                try:
+                    dest = self._move_out(ledger, Path(c.where[i]), target / c.keys[i], taken)
+                except OSError as exc:
+                    if _disk_full(exc):
+                        raise  # the engine stops the job, naming the disk
+                    failures[i] = error_info(exc)
+                    continue
+                move_log.write(json.dumps({"from": c.where[i], "to": str(dest), "reason": reason,
+                                           "duplicate_of": original}) + "\n")
+                move_log.flush()
+                ledger.done_move(c.sources[i])
+                c.where[i] = c.moved_to[i] = str(dest)
+                moved += 1
+                nbytes += int(c.size[i])
+        self.result.update(moved=moved, moved_bytes=nbytes, moved_before=before, held=held)
+
+    def _move_out(self, ledger: Any, source: Path, dest: Path, taken: set[str]) -> Path:
+        """Move `source` to `dest`, or to a free name beside it (`name.1.jpg`, ...) when that is
+        taken or was given to an earlier move; recorded before and marked done by the caller."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for n in itertools.count():
+            cand = dest if n == 0 else dest.with_name(f"{dest.stem}.{n}{dest.suffix}")
+            if str(cand) in taken or os.path.lexists(cand):
+                continue
+            taken.add(str(cand))
+            ledger.intend_move(str(source), str(cand), self.run_id)
+            try:
+                move_file(source, cand)
+            except FileExistsError:  # taken since the check: try the next name
+                ledger.forget_move(str(source))
+                continue
+            except BaseException:
+                if os.path.lexists(source) and not os.path.lexists(cand):
+                    ledger.forget_move(str(source))
+                raise
+            return cand
+        raise AssertionError("unreachable")
+
+    def _place_survivors(self, ledger: Any, c: _Collection, plan: _Plan,
+                         failures: dict[int, ErrorInfo]) -> None:
+        """Copy or link each survivor into DST (from where it is now).  A path taken by a file
+        datamill did not write fails the survivor as dst_exists.  The copies of images that
+        are still there but no longer survive (another --keep or --threshold) are removed;
+        those of images deleted since stay (a hard link in DST may be the last copy)."""
+        action, survivors = self.opts.action, np.flatnonzero(plan.survives)
+        if self.dst.is_remote:  # copy: upload the survivors not uploaded yet
+            there = self.dst.files()
+            self.dst.upload_many((c.where[i], c.keys[i]) for i in survivors
+                                 if c.keys[i] not in there)
+            return
+        ours = set(ledger.outputs())
+        keep = {c.keys[i] for i in survivors}
+        stale = [k for k in c.keys if k in ours and k not in keep]
+        for key in stale:
+            remove_output(self.dst.path / key)
+        ledger.drop_outputs(stale)
+        todo, already = [], 0
+        for i in survivors:
+            dest = self.dst.path / c.keys[i]
+            if not os.path.lexists(dest):
+                todo.append(i)
+            elif c.keys[i] not in ours:
+                failures[i] = ErrorInfo("dst_exists", "FileExistsError", f"{dest} exists and was "
+                                        "not written by datamill; it is left alone")
+            elif _placed(action, c.where[i], dest):
+                already += 1
+            else:  # ours, but of another action or an older version of the image
+                remove_output(dest)
+                todo.append(i)
+        task = ledger.next_task_id
+        ledger.next_task_id += 1
+        ledger.add_pending(task, [c.keys[i] for i in todo], self.run_id)
+        placed = copied_not_linked = 0
+        for n, i in enumerate(todo):
+            dest = self.dst.path / c.keys[i]
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                copied_not_linked += _place(action, c.where[i], dest)
+                placed += 1
+            except OSError as exc:
+                if _disk_full(exc):  # the next run removes the pending ones and resumes
+                    ledger.drop_outputs([c.keys[j] for j in todo[n:] if j not in failures])
+                    raise
+                failures[i] = error_info(exc)
+        ledger.drop_outputs([c.keys[i] for i in todo if i in failures])
+        ledger.commit_task(task)
+        ledger.flush()
+        self.result.update(placed=placed, already=already, unplaced=len(stale),
+                           copied_not_linked=copied_not_linked)
+
+    def _record_outcomes(self, ledger: Any, everything: _Collection, present: np.ndarray,
+                         c: _Collection, plan: _Plan, failures: dict[int, ErrorInfo]) -> None:
+        """Mark each image in the ledger (redone from the hashes on every run): a kept or unique
+        image is ok, a duplicate filtered (duplicate, duplicate_of_reference), an image whose
+        copy, link or move failed failed (stage place); an image no longer anywhere is ok with
+        its hash alone (it is in no group)."""
         updates = []
         for idx, key in enumerate(c.keys):
-            rec = {"hash": to_hex(int(c.hashes[idx])), "sha256": c.sha256[idx],
-                   "width": int(c.width[idx]), "height": int(c.height[idx]),
-                   "bytes": int(c.size[idx])}
-            if sizes[groups[idx]] > 1:
-                rec.update(group=int(groups[idx]), kept=bool(kept_of[idx] == idx),
-                           distance=int(distance[idx]))
-                if kept_of[idx] != idx:
-                    rec.update(status="filtered", reason="duplicate",
-                               duplicate_of=c.keys[kept_of[idx]])
-            if idx in reference:
-                rec.update(status="filtered", reason="duplicate_of_reference",
-                           duplicate_of=reference[idx][0], distance=reference[idx][1])
-            updates.append((json.dumps([rec], separators=(",", ":")), key))
+            rec, status, reason, stage, err = c.record(idx), OK, None, "", None
+            if plan.sizes[plan.groups[idx]] > 1:
+                rec.update(group=int(plan.groups[idx]), kept=bool(plan.survives[idx]),
+                           distance=int(plan.distance[idx]))
+                if plan.kept_of[idx] != idx:
+                    status, reason = FILTERED, "duplicate"
+                    rec["duplicate_of"] = c.keys[plan.kept_of[idx]]
+            if idx in plan.reference:
+                status, reason = FILTERED, "duplicate_of_reference"
+                rec.update(duplicate_of=plan.reference[idx][0], distance=plan.reference[idx][1])
+            if c.moved_to[idx] is not None:
+                rec["moved_to"] = c.moved_to[idx]
+            if idx in failures:
+                err = failures[idx]
+                status, reason, stage = FAILED, err.error_class, PLACE
+            if status != OK:
+                rec.update(status=status, reason=reason)
+            updates.append((stage, status, reason, err and err.type, err and err.message,
+                            err and err.traceback, json.dumps([rec], separators=(",", ":")), key))
+        for idx in np.flatnonzero(~present):
+            updates.append(("", OK, None, None, None, None,
+                            json.dumps([everything.record(idx)], separators=(",", ":")),
+                            everything.keys[idx]))
         with ledger.db:
             ledger.db.execute("BEGIN")
-            ledger.db.executemany("UPDATE items SET records=? WHERE key=?", updates)
+            ledger.db.executemany("UPDATE items SET stage=?, status=?, reason=?, error_type=?, "
+                                  "message=?, traceback=?, records=? WHERE key=?", updates)
 
-    def _write_groups(self, c: _Collection, groups: np.ndarray, sizes: np.ndarray,
-                      kept_of: np.ndarray, distance: np.ndarray) -> None:
-        idx = np.flatnonzero(sizes[groups] > 1) if len(c) else np.zeros(0, np.int64)
-        idx = idx[np.lexsort((idx, groups[idx]))]
+    def _write_groups(self, c: _Collection, plan: _Plan) -> None:
+        idx = plan.grouped() if len(c) else np.zeros(0, np.int64)
         table = pa.table({
-            "group": pa.array(groups[idx], pa.int64()),
+            "group": pa.array(plan.groups[idx], pa.int64()),
             "path": pa.array([c.keys[i] for i in idx], pa.string()),
-            "kept": pa.array(kept_of[idx] == idx, pa.bool_()),
-            "distance": pa.array(distance[idx], pa.int32()),
+            "kept": pa.array(plan.survives[idx], pa.bool_()),
+            "distance": pa.array(plan.distance[idx], pa.int32()),
             "hash": pa.array([to_hex(int(c.hashes[i])) for i in idx], pa.string()),
             "sha256": pa.array([c.sha256[i] for i in idx], pa.string()),
             "width": pa.array(c.width[idx], pa.int32()),
             "height": pa.array(c.height[idx], pa.int32()),
             "bytes": pa.array(c.size[idx], pa.int64()),
+            "moved_to": pa.array([c.moved_to[i] for i in idx], pa.string()),
         })
-        with self.dst.atomic_path("groups.parquet") as tmp:
+        with self.dst.atomic_path(GROUPS) as tmp:
             pq.write_table(table, tmp)
 
-    def _act(self, c: _Collection, dup: np.ndarray, quiet: bool) -> None:
-        action = self.opts.action
-        if action == "report":
-            return
-        say = (lambda *a: None) if quiet else print
-        if action == "move-duplicates":
-            target = Path(self.opts.move_to)
-            moving = np.flatnonzero(dup)
-            say(f"moving {len(moving)} duplicates ({int(c.size[moving].sum()) / 1e6:.1f} MB) to "
-                f"{target}; the kept copy of each stays in SRC; log: {self.dst.child('moved.jsonl')}")
-            with open(self.dst.path / "moved.jsonl", "a", encoding="utf-8") as log:
-                for i in moving:
-                    src = Path(c.sources[i])
-                    if not src.exists():
-                        continue
-                    dest = target / c.keys[i]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.move(src, dest)
-                    log.write(json.dumps({"from": str(src), "to": str(dest)}) + "\n")
-            return
-        if self.dst.is_remote:  # copy: upload the survivors not uploaded yet
-            there = self.dst.files()
-            self.dst.upload_many((c.sources[i], c.keys[i]) for i in np.flatnonzero(~dup)
-                                 if c.keys[i] not in there)
-            return
-        place = {"copy": shutil.copy2, "hardlink": os.link,
-                 "symlink": lambda s, d: os.symlink(os.path.abspath(s), d)}[action]
-        for i in np.flatnonzero(~dup):
-            dest = self.dst.path / c.keys[i]
-            if dest.exists() or dest.is_symlink():
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if action == "copy":
-                with atomic_path(dest) as tmp:
-                    shutil.copy2(c.sources[i], tmp)
-            else:
-                place(c.sources[i], dest)
-
-    def _write_report(self, c: _Collection, groups: np.ndarray, sizes: np.ndarray,
-                      kept_of: np.ndarray, distance: np.ndarray) -> None:
+    def _write_report(self, c: _Collection, plan: _Plan) -> None:
         from ..io.report import ReportGroup, ReportMember, write_dedup_report
-        idx = np.flatnonzero(sizes[groups] > 1) if len(c) else np.zeros(0, np.int64)
-        idx = idx[np.lexsort((idx, groups[idx]))]
+        idx = plan.grouped() if len(c) else np.zeros(0, np.int64)
 
         def report_groups() -> Iterator[ReportGroup]:
-            bounds = np.flatnonzero(np.diff(groups[idx])) + 1
+            bounds = np.flatnonzero(np.diff(plan.groups[idx])) + 1
             for members in np.split(idx, bounds) if len(idx) else []:
-                members = sorted(members.tolist(), key=lambda i: (kept_of[i] != i, i))
-                yield ReportGroup(int(groups[members[0]]), [ReportMember(
-                    path=c.keys[i], source_path=c.sources[i], kept=bool(kept_of[i] == i),
-                    distance=int(distance[i]), width=int(c.width[i]), height=int(c.height[i]),
-                    bytes=int(c.size[i]), phash_hex=to_hex(int(c.hashes[i]))) for i in members])
+                members = sorted(members.tolist(), key=lambda i: (not plan.survives[i], i))
+                yield ReportGroup(int(plan.groups[members[0]]), [ReportMember(
+                    path=c.keys[i], source_path=c.where[i], kept=bool(plan.survives[i]),
+                    distance=int(plan.distance[i]), width=int(c.width[i]),
+                    height=int(c.height[i]), bytes=int(c.size[i]),
+                    phash_hex=to_hex(int(c.hashes[i])), moved_to=c.moved_to[i]) for i in members])
 
+        r = self.result
+        summary = {"images": r["images"], "groups": r["groups"], "duplicates": r["duplicates"],
+                   "kept": r["images"] - r["duplicates"], "exact": r["exact"]}
+        if self.opts.against:
+            summary["against"] = r["against"]
+        if self.opts.action == "move-duplicates":
+            summary.update(moved=r["moved"], moved_before=r["moved_before"])
+        summary.update(threshold=self.opts.threshold, hash=self.opts.hash, keep=self.opts.keep)
         path = Path(self.opts.report)
         with contextlib.nullcontext(Path()) if path.is_absolute() else self.dst.staged() as root:
             write_dedup_report(root / path, report_groups(), title=f"datamill dedup: {self.src}",
-                               summary={**self.result, "threshold": self.opts.threshold,
-                                        "hash": self.opts.hash, "keep": self.opts.keep})
+                               summary=summary)
 
     def summary_lines(self, ledger: Any) -> list[str]:
         if not self.result:
             return []
         r = self.result
-        lines = [f"images: {r['images']} hashed; {r['groups']} groups of duplicates "
-                 f"({r['exact']} exact copies); {r['duplicates']} duplicates, "
-                 f"{r['images'] - r['duplicates']} kept (threshold {self.opts.threshold}, "
-                 f"keep {self.opts.keep})"]
+        lines = [f"images: {r['images']} hashed"
+                 + (f" ({r['gone']} hashed before are no longer there: not grouped)"
+                    if r["gone"] else "")
+                 + f"; {r['groups']} groups of duplicates ({r['exact']} exact copies); "
+                 f"{r['duplicates']} duplicates filtered, {r['images'] - r['duplicates']} kept "
+                 f"(threshold {self.opts.threshold}, keep {self.opts.keep})"]
         if self.opts.against:
             lines.append(f"against {self.opts.against}: {r['against']} images duplicate it")
-        lines.append(f"groups: {self.dst.child('groups.parquet')}"
+        action = self.opts.action
+        if action == "move-duplicates":
+            lines.append(f"moved {r['moved']} duplicates ({r['moved_bytes'] / 1e6:.1f} MB) to "
+                         f"{self.opts.move_to} this run"
+                         + (f", {r['moved_before']} duplicates already there" if r["moved_before"] else "")
+                         + f"; log: {self.dst.child(MOVE_LOG)}")
+            if r["kept_moved"]:
+                lines.append(f"{r['kept_moved']} groups keep a copy that is in --move-to (moved "
+                             f"by an earlier run; groups.parquet column moved_to): {r['held']} "
+                             "duplicates of them stay in SRC")
+            elif r["held"]:
+                lines.append(f"{r['held']} duplicates stay in SRC: the image they duplicate "
+                             "went away during the run")
+            else:
+                lines.append("every group's kept copy is in SRC")
+        elif action != "report" and "placed" in r:
+            lines.append(f"{action}: {r['placed']} survivors placed in DST this run, "
+                         f"{r['already']} already there"
+                         + (f"; {r['unplaced']} copies of images no longer kept removed"
+                            if r["unplaced"] else ""))
+            if r["copied_not_linked"]:
+                lines.append(f"hardlink: {r['copied_not_linked']} survivors are on another file "
+                             "system than DST: copied instead")
+        if r["failed"]:
+            verb = "moved" if action == "move-duplicates" else f"placed ({action})"
+            lines.append(f"{r['failed']} images could not be {verb} (failed, stage place; e.g. "
+                         f"{r['failed_example']}); the next run tries again")
+        lines.append(f"groups: {self.dst.child(GROUPS)}"
                      + (f"; report: {self.dst.child(self.opts.report)}" if self.opts.report else ""))
         lines += self.walk_lines()
         return lines
 
 
+def _place(action: str, source: str, dest: Path) -> bool:
+    """Put a survivor at `dest` (free) by `action`; True when a hard link was impossible
+    across file systems (EXDEV) and it was copied instead."""
+    if action == "symlink":
+        os.symlink(os.path.abspath(source), dest)
+        return False
+    if action == "hardlink":
+        try:
+            os.link(source, dest)
+            return False
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    with atomic_path(dest) as tmp:
+        shutil.copy2(source, tmp)
+    return action == "hardlink"
+
+
+def _placed(action: str, source: str, dest: Path) -> bool:
+    """Whether `dest` is already `source` placed by `action` (a hard link across file systems
+    is a copy)."""
+    try:
+        if action == "symlink":
+            return dest.is_symlink() and os.readlink(dest) == os.path.abspath(source)
+        if dest.is_symlink():
+            return False
+        a, b = dest.stat(), os.stat(source)
+    except OSError:
+        return False
+    same_file = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    same_copy = not same_file and (a.st_size, a.st_mtime) == (b.st_size, b.st_mtime)
+    if action == "hardlink":
+        return same_file or (same_copy and a.st_dev != b.st_dev)
+    return same_copy
 def dedup(src: str | os.PathLike, dst: str | os.PathLike, *, hash: str = "phash",
           fast: bool = False, threshold: int = DEFAULT_THRESHOLD, keep: str = "largest",
           action: str = "report", move_to: str | None = None, report: str | None = "report.html",
