@@ -445,7 +445,7 @@ class DedupJob(TreeJob):
                                                                action="report", move_to=None)),
                     RunOptions(quiet=True))
             ref = ref_dst
-        ref_ledger = Ledger.open_existing(state_path(ref))
+        ref_ledger = Ledger(state_path(ref), readonly=True)  # another job's: only read
         try:
             r = _Collection.load(ref_ledger)
             r = r.take(np.flatnonzero(r.locate({s: d for s, d, _ in ref_ledger.moves("done")})))
