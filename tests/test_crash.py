@@ -166,19 +166,35 @@ def test_a_dst_that_is_not_datamills_is_refused_and_never_touched(server, tmp_pa
     assert not (dst / "_datamill").exists()
     run = datamill("download", urls, dst, "--format", "webdataset", "--shard-size", 3,
                    "--allow-existing")
-    # shard 0's name is taken by the user's file: its URLs fail as dst_exists, the rest land
-    assert run.returncode == 1, run.stdout + run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
+    # shard number 0 is taken by the user's file: it is skipped, never overwritten
+    assert sorted(p.name for p in dst.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
     assert (dst / "00000.tar").read_bytes() == b"mine"
     assert (dst / "2019" / "photo.jpg").read_bytes() == b"mine"
     assert (dst / "2020.notes.txt").read_text() == "mine"
-    rows = pq.read_table(dst / "manifest.parquet").to_pylist()
-    assert Counter(r["reason"] for r in rows) == {"dst_exists": 3, None: 3}
-    again = datamill("download", urls, dst, "--format", "webdataset", "--shard-size", 3,
-                     "--retry-failed")
-    assert again.returncode == 0
-    assert (dst / "00000.tar").read_bytes() == b"mine"
+    assert datamill("download", urls, dst, "--format", "webdataset", "--shard-size", 3).returncode == 0
     assert datamill("download", urls, dst, "--overwrite").returncode == 0
     assert (dst / "00000.tar").read_bytes() == b"mine" and (dst / "2019" / "photo.jpg").exists()
+    assert not list(dst.glob("*.tar"))[1:]  # the shards datamill wrote are gone
+
+
+def test_a_file_in_the_way_of_a_per_item_output_fails_that_item_alone(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        (src / f"{name}.txt").write_text(name)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "b.txt.out").write_text("the user's")
+    import textjob
+    from datamill.engine.run import RunOptions, run_job
+    report = run_job(textjob.UpperJob(src, dst), RunOptions(quiet=True, allow_existing=True))
+    assert report.exit_code == 1 and report.counts == {"ok": 2, "filtered": 0, "failed": 1}
+    assert (dst / "b.txt.out").read_text() == "the user's"
+    assert json.loads((dst / "failures.jsonl").read_text())["error_class"] == "dst_exists"
+    report = run_job(textjob.UpperJob(src, dst), RunOptions(quiet=True, overwrite=True))
+    assert (dst / "b.txt.out").read_text() == "the user's" and not (dst / "a.txt.out").exists() \
+        or (dst / "a.txt.out").read_text() == "A"
 
 
 def test_rows_are_identified_by_what_they_hold(server, tmp_path):

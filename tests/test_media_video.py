@@ -262,7 +262,7 @@ def test_cut_rotated_source_comes_out_upright(videos: Path, tmp_path: Path, rota
         assert all(f.rotation == 0 for f in frames)
         assert numbers(result.path) == list(range(6 * k, 6 * k + 6))
     # rotation=0 keeps the coded orientation: the pattern is then unreadable when sideways
-    kept = cut_clips(source, plan_clip_tasks(info, frames=6)[0], out_paths=lambda s: tmp_path / "coded.mp4", rotation=0)
+    kept = cut_clips(source, plan_clip_tasks(info, frames=6)[0], out_paths=lambda s: tmp_path / f"coded_{s.index}.mp4", rotation=0)
     assert (kept[0].width, kept[0].height) == (160, 120)
     if rotation != 180:
         assert read_frame_number(decode(kept[0].path)[0].to_ndarray(format="rgb24")) is None

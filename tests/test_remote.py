@@ -82,11 +82,15 @@ def bucket(s3, request, tmp_path, monkeypatch):
     return fs, f"s3://{BUCKET}/{request.node.name.replace('[', '-').rstrip(']')}"
 
 
+OWNER = "_datamill/owner.json"  # which ledger writes the DST (the ledger itself stays local)
+
+
 def objects(fs, url: str) -> dict[str, bytes]:
     """Every object under `url`, by path relative to it."""
     root = url.removeprefix("s3://")
     fs.invalidate_cache()
-    return {os.path.relpath(p, root): fs.cat_file(p) for p in fs.find(root)}
+    return {os.path.relpath(p, root): fs.cat_file(p) for p in fs.find(root)
+            if os.path.relpath(p, root) != OWNER}
 
 
 def local_files(dst: Path) -> dict[str, bytes]:
@@ -161,16 +165,33 @@ def test_download_into_s3_writes_the_local_outputs_and_resumes(bucket, urls, tmp
         k: v for k, v in first.items() if k != "stats.json"}
 
 
-def test_a_killed_runs_unrecorded_shards_are_removed_from_the_store(bucket, urls, tmp_path):
+def test_a_run_that_stops_before_commit_leaves_nothing_unrecorded_in_the_store(
+        bucket, urls, tmp_path, monkeypatch):
     fs, url = bucket
-    download(urls, url, "webdataset", workers=1)
     root = url.removeprefix("s3://")
-    fs.pipe_file(f"{root}/00099.tar", b"left by a killed run")  # numbered past the ledger
-    download(urls, url, "webdataset", workers=1, retry_failed=True)
+    fs.pipe_file(f"{root}/00001.tar", b"the user's")  # named like a shard, not in the ledger
+    with pytest.raises(UsageError, match="not a datamill folder"):
+        download(urls, url, "webdataset", workers=1)
+    monkeypatch.setenv("DATAMILL_FAULT", "commit:enospc")  # shards uploaded, never committed
+    stopped = download(urls, url, "webdataset", workers=1, allow_existing=True)  # 00001 skipped
+    assert stopped.exit_code == 1 and "disk is full" in stopped.message
     names = objects(fs, url)
-    assert "00099.tar" not in names
-    assert sorted(n for n in names if n.endswith(".tar"))[:3] == ["00000.tar", "00001.tar",
-                                                                   "00002.tar"]
+    listed = {r["shard"] + ".tar" for r in pq.read_table(io.BytesIO(names["manifest.parquet"])).to_pylist()
+              if r["status"] == "ok"}
+    assert {n for n in names if n.endswith(".tar")} == listed | {"00001.tar"}  # none unrecorded
+    assert names["00001.tar"] == b"the user's"
+    monkeypatch.delenv("DATAMILL_FAULT")
+    again = download(urls, url, "webdataset", workers=1)
+    assert again.counts == {"ok": 9, "filtered": 1, "failed": 1}  # the list's 404 and tiny image
+    names = objects(fs, url)
+    assert names["00001.tar"] == b"the user's"
+    keys = [m.name.split(".")[0] for n in names if n.endswith(".tar") and n != "00001.tar"
+            for m in tarfile.open(fileobj=io.BytesIO(names[n])).getmembers()]
+    ok = [r["key"] for r in pq.read_table(io.BytesIO(names["manifest.parquet"])).to_pylist()
+          if r["status"] == "ok"]
+    assert sorted(set(keys)) == sorted(ok) and len(keys) == 2 * len(ok)  # .jpg + .json each
+    owner = json.loads(fs.cat_file(f"{root}/{OWNER}"))
+    assert owner["host"] and owner["ledger"]
 
 
 # -- clips -----------------------------------------------------------------------------------
@@ -244,7 +265,7 @@ def test_dedup_into_s3_copies_survivors_groups_and_report(bucket, images, tmp_pa
     fs, url = bucket
     local = datamill.dedup(images, tmp_path / "local", action="copy", quiet=True, workers=2)
     remote = datamill.dedup(images, url, action="copy", quiet=True, workers=2)
-    assert remote.counts == local.counts == {"ok": 3, "filtered": 0, "failed": 0}
+    assert remote.counts == local.counts == {"ok": 2, "filtered": 1, "failed": 0}  # 1 duplicate
     out = objects(fs, url)
     assert_same_outputs(out, local_files(tmp_path / "local"))
     assert {"groups.parquet", "report.html", "sub/b.png"} <= set(out)

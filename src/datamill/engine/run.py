@@ -98,6 +98,7 @@ def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
     check_dst_is_ours(job, opts.allow_existing)
     job.validate()
     warn_oversubscribed(opts)
+    executor = make_executor(opts)
     lock = StateLock(job.state_dir, str(job.dst))
     lock.acquire(opts.break_lock)
     try:
@@ -105,7 +106,6 @@ def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
         try:
             check_fingerprint(ledger, job, opts.overwrite)
             check_owner(ledger, job)
-            executor = make_executor(opts)
             return _Run(job, opts, ledger).run(executor)
         finally:
             try:
@@ -439,6 +439,7 @@ class _Run:
                                on_start=lambda: self._check_nodes(executor),
                                on_poll=self._on_poll, on_submit=self._on_submit,
                                on_task_end=self._on_task_end)
+        self.sched.renumber_taken = not self.job.outputs_per_item
         status, message = "completed", ""
         try:
             for result in self._results():

@@ -87,6 +87,9 @@ class Scheduler:
         self._on_start = on_start
         self._on_submit = on_submit
         self._on_task_end = on_task_end or (lambda task_id, completed: None)
+        # outputs named by task id (shards): an id whose output path is taken is skipped;
+        # else (outputs named by the items) the items fail as dst_exists
+        self.renumber_taken = False
 
     # -- public --------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Result]:
@@ -150,15 +153,20 @@ class Scheduler:
     def _submit(self, task: list[WorkItem]) -> Iterator[Result]:
         task_id = next(self._ids)
         self.next_task_id = task_id + 1
-        try:
-            if self._on_submit is not None:
-                self._on_submit(task_id, task)
-        except OutputTaken as exc:
-            info = ErrorInfo("dst_exists", "OutputTaken", str(exc), "", False)
-            for w in task:
-                yield self._outcome(w, FAILED, None, info)
-            self._on_task_end(task_id, False)
-            return
+        for _ in range(1000):
+            try:
+                if self._on_submit is not None:
+                    self._on_submit(task_id, task)
+                break
+            except OutputTaken as exc:
+                if not self.renumber_taken:
+                    info = ErrorInfo("dst_exists", "OutputTaken", str(exc), "", False)
+                    for w in task:
+                        yield self._outcome(w, FAILED, None, info)
+                    self._on_task_end(task_id, False)
+                    return
+                task_id = next(self._ids)  # a shard number taken by the user's file: skip it
+                self.next_task_id = task_id + 1
         try:
             self.executor.submit(task_id, [w.payload for w in task])
         except TaskEncodingError as exc:
