@@ -267,3 +267,115 @@ def test_dry_run_writes_nothing(server, tmp_path):
     dry = datamill("download", urls, dst, "--dry-run", "--resize", 16)
     assert dry.returncode == 0 and "0 urls to do, 3 already done" in dry.stdout
     assert {p: p.stat().st_mtime_ns for p in dst.rglob("*")} == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MB tmpfs (CI runs as root, which may mount one); unmounted at the end."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_stops_with_the_cause_and_the_rerun_completes(tmp_path, small_disk):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"f{i:02d}.txt").write_text(chr(97 + i % 26) * 100_000)
+    dst = small_disk / "out"
+    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "disk is full" in full.stdout and "Traceback" not in full.stderr + full.stdout
+    subprocess.run(["mount", "-o", "remount,size=40m", str(small_disk)], check=True)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    rows = pq.read_table(dst / "manifest.parquet").to_pylist()
+    assert sorted(r["key"] for r in rows) == [f"f{i:02d}.txt" for i in range(40)]
+    for i in range(40):
+        assert (dst / f"f{i:02d}.txt.out").read_text() == chr(65 + i % 26) * 100_000
+    assert not temp_files(dst)
+    from datamill.engine.ledger import Ledger
+    ledger = Ledger(dst / "_datamill" / "state.sqlite", readonly=True)
+    assert [r["status"] for r in ledger.runs()] == ["stopped", "completed"]
+    ledger.close()
+
+
+def test_the_ledger_failing_to_write_stops_the_run_and_the_next_run_resumes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}.txt").write_text("x")
+    dst = tmp_path / "dst"
+    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    env = {**ENV, "DATAMILL_FAULT": "ledger:enospc:2"}
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert full.returncode == 1 and "disk is full" in full.stdout, full.stdout + full.stderr
+    assert "Traceback" not in full.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert len(pq.read_table(dst / "manifest.parquet")) == 20
+    assert len(list(dst.glob("*.out"))) == 20 and not temp_files(dst)
+
+
+def test_a_run_killed_is_marked_interrupted_by_the_next(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    dst = tmp_path / "dst"
+    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    killed = subprocess.run(cmd, capture_output=True, env={**ENV, "DATAMILL_FAULT": "startup:kill"})
+    assert killed.returncode == -signal.SIGKILL
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    from datamill.engine.ledger import Ledger
+    ledger = Ledger(dst / "_datamill" / "state.sqlite", readonly=True)
+    assert [r["status"] for r in ledger.runs()] == ["interrupted", "completed"]
+    ledger.close()
+
+
+def clip_files(dst: Path) -> set[str]:
+    """Every file of DST but the reports and the ledger."""
+    return {p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file()
+            and p.parts[len(dst.parts)] != "_datamill"
+            and p.name not in ("manifest.parquet", "failures.jsonl", "stats.json")}
+
+
+def listed_clips(dst: Path) -> list[str]:
+    return [r["path"] for r in pq.read_table(dst / "manifest.parquet").to_pylist()
+            if r["status"] == "ok" and r["path"]]
+
+
+def test_clips_overwrite_and_a_changed_video_leave_only_the_new_clips(tmp_path):
+    import datamill
+    from datamill.media.synthetic import make_video
+    src = tmp_path / "src"
+    make_video(src / "a" / "v.mp4", frames=64, size=(96, 64))
+    make_video(src / "w.mp4", frames=32, size=(96, 64))
+    dst = tmp_path / "clips"
+    assert datamill.clips(src, dst, frames=8, quiet=True).exit_code == 0
+    assert len(listed_clips(dst)) == 12
+    report = datamill.clips(src, dst, frames=16, quiet=True, overwrite=True)
+    assert report.exit_code == 0
+    assert sorted(listed_clips(dst)) == sorted(clip_files(dst)) and len(clip_files(dst)) == 6
+    make_video(src / "a" / "v.mp4", frames=20, size=(96, 64))  # shorter: 2 clips, not 4
+    os.utime(src / "a" / "v.mp4", (1, 1))
+    assert datamill.clips(src, dst, frames=16, quiet=True).exit_code == 0
+    assert sorted(listed_clips(dst)) == sorted(clip_files(dst))
+    assert sorted(clip_files(dst)) == ["a/v/v_0000.mp4", "a/v/v_0001.mp4", "w/w_0000.mp4",
+                                       "w/w_0001.mp4"]
+
+
+def test_clips_past_their_deadline_leave_no_clip_the_manifest_does_not_list(tmp_path):
+    import datamill
+    from datamill.media.synthetic import make_video
+    src = tmp_path / "src"
+    make_video(src / "long.mp4", frames=900, size=(640, 480), gop=30)
+    dst = tmp_path / "clips"
+    report = datamill.clips(src, dst, frames=8, quiet=True, timeout=0.5, retries=0, workers=2)
+    assert report.stats["failures"].get("timeout"), report.stats["failures"]
+    assert sorted(listed_clips(dst)) == sorted(clip_files(dst))
+    assert not temp_files(dst)
