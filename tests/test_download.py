@@ -262,3 +262,10 @@ def test_an_empty_input_file_is_a_job_with_nothing_to_do(tmp_path):
     report = download(tmp_path / "urls.txt", tmp_path / "out", quiet=True)
     assert report.exit_code == 0 and report.counts == {"ok": 0, "filtered": 0, "failed": 0}
     assert pq.read_table(tmp_path / "out" / "manifest.parquet").num_rows == 0
+
+
+def test_a_kept_column_named_like_a_record_field_is_refused(tmp_path):
+    (tmp_path / "urls.csv").write_text("url,key\nhttp://127.0.0.1:9/a.jpg,mine\n")
+    with pytest.raises(datamill.UsageError, match="--keep-cols key"):
+        download(tmp_path / "urls.csv", tmp_path / "out", keep_cols=("key",), quiet=True)
+    assert not (tmp_path / "out").exists()

@@ -489,3 +489,10 @@ def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
     q.update("ok")
     q.tick(3)
     assert quiet.getvalue() == ""
+
+
+def test_many_more_workers_than_cores_are_warned_about(tmp_path, caplog):
+    src = _tree(tmp_path / "src", {"a.txt": "a"})
+    with caplog.at_level("WARNING", logger="datamill"):
+        run_job(UpperJob(src, tmp_path / "dst"), RunOptions(quiet=True, workers=(os.cpu_count() or 1) * 3))
+    assert "take turns on the cores" in caplog.text
