@@ -549,9 +549,10 @@ class _Run:
                                records=[it.columns] if it.columns else None, **common)
         else:
             status, reason, e = FAILED, r.reason, r.error
-            self.ledger.record(it.key, it.stage, FAILED, e.error_class, error_type=e.type,
-                               message=e.message, traceback=e.traceback,
-                               records=[it.columns] if it.columns else None, **common)
+            if e.error_class != "disk_full":  # not the item's fault: the next run redoes it
+                self.ledger.record(it.key, it.stage, FAILED, e.error_class, error_type=e.type,
+                                   message=e.message, traceback=e.traceback,
+                                   records=[it.columns] if it.columns else None, **common)
         self.this_run[status] += 1
         self.progress.update(status, reason)
         self._watch(it, status, reason, r, stop=watch)
@@ -619,11 +620,16 @@ class _Run:
             extra = job.summary_lines(ledger)
             write_stats(dst, stats)
 
-        final, final_message = self._safely(end, status, message)
-        if final != status:
-            if final == "stopped":  # the ledger may be what is full: close the run if it can
-                self._release_reserve()
-                self._safely(lambda: ledger.end_run(self.run_id, "stopped", run_stats))
+        ended: list[bool] = []
+        final, final_message = self._safely(lambda: (end(), ended.append(True)), status, message)
+        if not ended and final == "stopped":
+            # the disk is full: free the space kept for this, and close the run and its
+            # reports with it (else the next run marks this one interrupted)
+            status, message = "stopped", final_message
+            run_stats["status"] = status
+            self._release_reserve()
+            self._safely(end)
+        elif final != status:
             status, message = final, final_message
             run_stats["status"] = status
         if status == "interrupted":
