@@ -43,13 +43,12 @@ CREATE TABLE IF NOT EXISTS moves (
 );
 """
 # Columns added after the first release: (table, column, type); added to older ledgers.
-_ADDED = (("items", "task", "INTEGER"), ("items", "parent", "TEXT"), ("items", "seen", "INTEGER"),
+_ADDED = (("items", "task", "INTEGER"), ("items", "parent", "TEXT"),
           ("runs", "pid", "INTEGER"), ("runs", "host", "TEXT"))
 PENDING, COMMITTED = "pending", "committed"
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per record
 _COLUMNS = ("key", "stage", "status", "reason", "error_type", "message", "traceback", "attempts",
-            "source", "size", "mtime", "records", "seconds", "run", "updated", "task", "parent",
-            "seen")
+            "source", "size", "mtime", "records", "seconds", "run", "updated", "task", "parent")
 
 
 @dataclass(slots=True)
@@ -139,8 +138,7 @@ class Ledger:
                parent: str | None = None) -> None:
         rec = None if records is None else _ENCODE(records)
         self._buffer.append((key, stage, status, reason, error_type, message, traceback, attempts,
-                             source, size, mtime, rec, seconds, run, time.time(), task, parent,
-                             run))
+                             source, size, mtime, rec, seconds, run, time.time(), task, parent))
         if (len(self._buffer) >= self._flush_rows
                 or time.monotonic() - self._last_flush > self._flush_seconds):
             self.flush()
@@ -162,12 +160,6 @@ class Ledger:
             self._buffer.clear()
             self._commits.clear()
         self._last_flush = time.monotonic()
-
-    def mark_seen(self, keys: list[str], run: int) -> None:
-        """Say that this run's input still holds `keys` (items never seen again are gone)."""
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.executemany("UPDATE items SET seen=? WHERE key=?", [(run, k) for k in keys])
 
     def children(self, parent: str) -> list[str]:
         """Keys of the items that followed from item `parent` (clip ranges of a video)."""
@@ -241,12 +233,11 @@ class Ledger:
     def forget_move(self, source: str) -> None:
         self.db.execute("DELETE FROM moves WHERE source=?", (source,))
 
-    def gone(self, run: int) -> int:
-        """Items recorded before but not in run `run`'s input (only meaningful for a run that
-        read its whole input)."""
+    def top_level_counts(self) -> dict[str, int]:
+        """How many items the job's input gave (not those that followed from them), by stage."""
         self.flush()
-        return self.db.execute("SELECT COUNT(*) FROM items WHERE seen IS NOT ? AND parent IS NULL",
-                               (run,)).fetchone()[0]
+        return dict(self.db.execute(
+            "SELECT stage, COUNT(*) FROM items WHERE parent IS NULL GROUP BY stage"))
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop items so that the next run does them again."""

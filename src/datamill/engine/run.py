@@ -282,6 +282,9 @@ class _Run:
         self.notes: list[str] = []
         self.interrupts = _Interrupts()
         self.item_errors: list[Item] = []
+        self.top_before: dict[str, int] = {}  # the input's items in the ledger, by stage
+        self.top_stage = ""
+        self.found_top = 0
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
@@ -291,8 +294,7 @@ class _Run:
         try:
             for chunk in _chunks(items, 256):
                 self.interrupts.check()
-                if not self.dry:
-                    self.ledger.mark_seen([it.key for it in chunk], self.run_id)
+                self.top_stage = chunk[0].stage
                 for it in self._fresh(chunk):
                     if it.error is not None:
                         self.item_errors.append(it)
@@ -308,6 +310,8 @@ class _Run:
     def _fresh(self, items: list[Item]) -> Iterator[Item]:
         """The items not done yet; a finished plan still yields its unfinished parts."""
         states = self.ledger.lookup([it.key for it in items])
+        if items and items[0].parent is None:
+            self.found_top += len(states)  # items of earlier runs still in the input
         for it in items:
             st = states.get(it.key)
             if st is not None and st.same_source(it.size, it.mtime):
@@ -389,6 +393,7 @@ class _Run:
             ledger.clear()
             self.notes.append(f"--overwrite: removed the {n} outputs of earlier runs")
         self._check_reports()
+        self.top_before = ledger.top_level_counts()
         self.job.prepare(ledger, self.opts.overwrite)
         ledger.set_meta("job", self.job.name)
         ledger.set_meta("fingerprint", json.loads(json.dumps(self.job.fingerprint())))
@@ -600,7 +605,7 @@ class _Run:
         def end() -> None:
             nonlocal stats, extra, n_failed
             if status == "completed" and self.read_all:
-                ledger.set_meta("gone", ledger.gone(self.run_id))
+                ledger.set_meta("gone", self.top_before.get(self.top_stage, 0) - self.found_top)
             counts = ledger.counts()
             ledger.end_run(self.run_id, status, run_stats)
             n_manifest = write_manifest(ledger, dst, job.manifest_fields, job.final_stage)
