@@ -13,16 +13,19 @@ import json
 import logging
 import os
 import stat
+import zlib
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterable, Iterator
 
 __all__ = [
     "FileEntry",
     "WalkStats",
+    "readable_path",
     "walk_files",
     "Row",
     "read_rows",
     "sniff_format",
+    "SourceError",
     "FORMATS",
     "MAX_RECORDED_ERRORS",
 ]
@@ -53,12 +56,31 @@ _DirKey = tuple[int, int]
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file found by `walk_files`."""
+    """One file found by `walk_files`.
 
-    path: str  # absolute path as walked (symlinks not resolved)
-    rel: str  # POSIX path relative to the walk root, as walked
+    A name that is not valid UTF-8 (b"\\xff.mp4") is kept openable in `path` (Python's
+    surrogate escapes), but such a string cannot be written to a ledger, a manifest or a
+    terminal: `bad_name` then holds the path readably escaped ("/src/\\xff.mp4") and
+    `rel` is escaped the same way, so the file can still be recorded, as failed, by name.
+    """
+
+    path: str  # absolute path as walked (symlinks not resolved); opens the file
+    rel: str  # POSIX path relative to the walk root, as walked (escaped, see above)
     size: int
     mtime: float
+    bad_name: str | None = None  # `path` escaped, when it is not valid UTF-8; else None
+
+
+def readable_path(path: str) -> str:
+    """`path` itself when it is valid UTF-8, else with its undecodable bytes escaped
+    (b"/src/\\xff.mp4" -> "/src/\\\\xff.mp4"), fit for a message, a ledger or a manifest."""
+    if path.isascii():
+        return path
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
 
 
 @dataclass
@@ -172,6 +194,7 @@ def _walk(top: _Frame, exts: tuple[str, ...] | None, stats: WalkStats) -> Iterat
     stack = [top]
 
     def report(path: str, reason: str, level: int = logging.WARNING) -> None:
+        path = readable_path(path)
         stats.add_error(path, reason)
         log.log(level, "skipping %s: %s", path, reason)
 
@@ -252,12 +275,23 @@ def _walk(top: _Frame, exts: tuple[str, ...] | None, stats: WalkStats) -> Iterat
             report(path, "already visited through a symlink", logging.INFO)
             continue
         stats.matched += 1
-        yield FileEntry(path=path, rel=rel, size=st.st_size, mtime=st.st_mtime)
+        shown = readable_path(path)
+        if shown == path:
+            yield FileEntry(path=path, rel=rel, size=st.st_size, mtime=st.st_mtime)
+        else:
+            yield FileEntry(path=path, rel=readable_path(rel), size=st.st_size,
+                            mtime=st.st_mtime, bad_name=shown)
 
 
 # ---------------------------------------------------------------------------------------
 # List readers
 # ---------------------------------------------------------------------------------------
+
+
+class SourceError(Exception):
+    """A list file that cannot be read (to its end): truncated or corrupt compression, not
+    the format its name says, unreadable.  The message names the file, the cause and how far
+    reading got: "urls.txt.gz: the compressed file ends early (truncated) after row 950"."""
 
 
 @dataclass(frozen=True)
@@ -291,11 +325,32 @@ def sniff_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+
+
 def _is_gzip(path: str) -> bool:
-    if path.lower().endswith(".gz"):
-        return True
+    """Whether `path` is gzip-compressed (by its first bytes); a non-empty file named .gz
+    that is not is refused."""
     with open(path, "rb") as f:
-        return f.read(2) == b"\x1f\x8b"
+        head = f.read(2)
+    if path.lower().endswith(".gz") and head and head != _GZIP_MAGIC:
+        raise SourceError(f"{path}: not gzip-compressed, though its name ends in .gz")
+    return head == _GZIP_MAGIC
+
+
+def _check_parquet(path: str) -> None:
+    """Refuse at once a (not compressed) .parquet list that is not parquet: a parquet file
+    starts and ends with its magic bytes (a truncated one has lost its end)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(0, os.SEEK_END)
+        if f.tell() >= 12:  # magic, footer length, magic
+            f.seek(-4, os.SEEK_END)
+            if head == f.read(4) == _PARQUET_MAGIC:
+                return
+    raise SourceError(f"{path}: not a parquet file (no parquet magic bytes at its start and "
+                      "end: another format, or truncated)")
 
 
 def read_rows(
@@ -304,10 +359,13 @@ def read_rows(
     """Yield the rows of a list file lazily, in constant memory.
 
     Format from the extension (see `sniff_format`) unless `fmt` is given; gzip is detected
-    by a ".gz" suffix or the gzip magic bytes. txt lines become {text_column: line}.
-    Unparseable lines become Row(index, None, "line N: reason") and reading goes on.
+    by its magic bytes (a file named .gz without them is refused). txt lines become
+    {text_column: line}. Unparseable lines become Row(index, None, "line N: reason") and
+    reading goes on.
     Invalid UTF-8 is replaced (U+FFFD). Raises ValueError for an unknown format and
-    FileNotFoundError for a missing file, at call time.
+    FileNotFoundError for a missing file, at call time; SourceError for a file that cannot
+    be read as what it claims to be: at call time when its first (or, for parquet, last)
+    bytes show it, else when reading reaches the damage (a truncated .gz).
     """
     p = os.fspath(path)
     if fmt is None:
@@ -316,12 +374,49 @@ def read_rows(
         raise ValueError(f"unknown list format {fmt!r} for {p!r}: supported are {', '.join(FORMATS)}")
     gz = _is_gzip(p)  # also raises FileNotFoundError now rather than on first next()
     if fmt == "parquet":
-        return _read_parquet(p, gz)
-    if fmt == "txt":
-        return _read_txt(p, gz, text_column)
-    if fmt == "jsonl":
-        return _read_jsonl(p, gz)
-    return _read_delimited(p, gz, "\t" if fmt == "tsv" else ",")
+        if not gz:
+            _check_parquet(p)
+        rows = _read_parquet(p, gz)
+    elif fmt == "txt":
+        rows = _read_txt(p, gz, text_column)
+    elif fmt == "jsonl":
+        rows = _read_jsonl(p, gz)
+    else:
+        rows = _read_delimited(p, gz, "\t" if fmt == "tsv" else ",")
+    return _named_errors(p, rows)
+
+
+def _named_errors(path: str, rows: Iterator[Row]) -> Iterator[Row]:
+    """`rows`, with a failure to read the file turned into a SourceError naming it."""
+    count = 0
+    try:
+        for row in rows:
+            yield row
+            count += 1
+    except Exception as exc:
+        cause = _read_failure(exc)
+        if cause is None:
+            raise
+        where = f"after row {count}" if count else "before its first row"
+        raise SourceError(f"{path}: {cause} {where}") from exc
+
+
+def _read_failure(exc: Exception) -> str | None:
+    """What went wrong, said for a user, when `exc` is a failure to read the file (None for
+    any other exception: a bug is not dressed up as a damaged file)."""
+    if isinstance(exc, EOFError):
+        return "the compressed file ends early (truncated)"
+    if isinstance(exc, gzip.BadGzipFile):
+        return f"damaged gzip data ({exc})"
+    if isinstance(exc, zlib.error):
+        return f"damaged compressed data ({exc})"
+    from pyarrow.lib import ArrowException  # only once reading failed
+
+    if isinstance(exc, ArrowException):
+        return f"not a readable parquet file ({exc})"
+    if isinstance(exc, OSError):
+        return f"cannot read it ({exc.strerror or exc})"
+    return None
 
 
 def _open_text(path: str, gz: bool, newline: str | None) -> IO[str]:
@@ -371,7 +466,7 @@ def _read_delimited(path: str, gz: bool, delimiter: str) -> Iterator[Row]:
                 return
             except csv.Error as exc:
                 if header is None:
-                    raise ValueError(f"{path}: cannot read the header: {exc}") from exc
+                    raise SourceError(f"{path}: cannot read the header: {exc}") from exc
                 yield Row(index, None, f"line {reader.line_num}: {exc}")
                 index += 1
                 if reader.line_num == before:

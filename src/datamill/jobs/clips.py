@@ -186,8 +186,7 @@ class ClipsJob(TreeJob):
 
     def items(self) -> Iterator[Item]:
         for e in self.files():
-            yield Item(e.rel, ("plan", e.path), stage="plan", source=e.path, size=e.size,
-                       mtime=e.mtime)
+            yield self.item_for(e, ("plan", e.path), stage="plan")
 
     def outputs(self, task_id: int, payloads: list) -> list[str]:
         """The clips a cut task writes (a plan task writes nothing)."""

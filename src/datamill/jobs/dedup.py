@@ -363,7 +363,7 @@ class DedupJob(TreeJob):
 
     def items(self) -> Iterator[Item]:
         for e in self.files():
-            yield Item(e.rel, (e.path, e.size), source=e.path, size=e.size, mtime=e.mtime)
+            yield self.item_for(e, (e.path, e.size))
 
     def runner(self) -> TaskRunner:
         return TaskRunner(batch_fn=functools.partial(hash_batch, self.opts))

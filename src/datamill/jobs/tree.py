@@ -7,8 +7,10 @@ import os
 from typing import Any, Iterator
 
 from ..engine.errors import UsageError
-from ..engine.job import Job
-from ..io.sources import FileEntry, WalkStats, walk_files
+from ..engine.job import Item, Job
+from ..io.sources import FileEntry, WalkStats, readable_path, walk_files
+
+BAD_FILE_NAME = "bad_file_name"
 
 
 class TreeJob(Job):
@@ -30,6 +32,9 @@ class TreeJob(Job):
         super().validate()
         if not self.src.is_dir():
             raise UsageError(f"SRC must be a folder of {self.kind}: {self.src}")
+        path = os.path.abspath(self.src)
+        if readable_path(path) != path:  # else every file would fail as bad_file_name
+            raise UsageError(f"SRC's path is not valid UTF-8: {readable_path(path)}; rename it")
 
     def fingerprint(self) -> dict:
         return self.opts.fingerprint()
@@ -39,6 +44,18 @@ class TreeJob(Job):
 
     def files(self) -> Iterator[FileEntry]:
         return walk_files(self.src, self.extensions, self.walk)
+
+    def item_for(self, entry: FileEntry, payload: Any, **kw: Any) -> Item:
+        """The engine's item for a walked file: keyed by its path relative to SRC, with its
+        size and mtime (a changed file is redone).  A file whose name is not valid UTF-8
+        fails as `bad_file_name` without running, under its escaped path."""
+        if entry.bad_name is not None:
+            message = (f"the file name is not valid UTF-8: {entry.bad_name} (rename it to "
+                       "process it)")
+            return Item(entry.rel, payload, source=entry.bad_name, size=entry.size,
+                        mtime=entry.mtime, error=(BAD_FILE_NAME, message), **kw)
+        return Item(entry.rel, payload, source=entry.path, size=entry.size, mtime=entry.mtime,
+                    **kw)
 
     def walk_lines(self) -> list[str]:
         """What the walk passed over, for the summary."""
