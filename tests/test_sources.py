@@ -11,12 +11,14 @@ import sys
 import tempfile
 import textwrap
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import pytest
 
 from datamill.io import sources
-from datamill.io.sources import FileEntry, Row, WalkStats, read_rows, sniff_format, walk_files
+from datamill.io.sources import (FileEntry, Row, SourceError, WalkStats, read_rows, sniff_format,
+                                 walk_files)
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -294,6 +296,28 @@ def test_walk_is_lazy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(listed) == 41
 
 
+def test_name_not_utf8_is_flagged_with_its_path_escaped(tmp_path: Path) -> None:
+    """Issue 10, item 12: such a name cannot be a ledger key or be printed; the walk says
+    so and gives a readable, escaped form, and the file still opens by `path`."""
+    root = os.fsencode(tmp_path)
+    os.makedirs(root + b"/caf\xe9")
+    for name in (b"/\xff.mp4", b"/caf\xe9/clip.mp4", b"/ok \xc3\xa9t\xc3\xa9.mp4"):
+        with open(root + name, "wb") as f:
+            f.write(b"data")
+    os.symlink(b"nowhere", root + b"/broken\xfe.mp4")
+    stats = WalkStats()
+    got = {e.rel: e for e in walk_files(tmp_path, stats=stats)}
+    assert sorted(got) == ["\\xff.mp4", "caf\\xe9/clip.mp4", "ok été.mp4"]
+    bad = got["\\xff.mp4"]
+    assert bad.bad_name == f"{tmp_path}/\\xff.mp4"
+    assert open(bad.path, "rb").read() == b"data"
+    assert got["caf\\xe9/clip.mp4"].bad_name == f"{tmp_path}/caf\\xe9/clip.mp4"
+    assert got["ok été.mp4"].bad_name is None  # valid UTF-8, just not ASCII
+    for e in got.values():
+        e.rel.encode("utf-8")  # every key can be stored
+    assert stats.errors == [(f"{tmp_path}/broken\\xfe.mp4", "broken symlink")]
+
+
 # --------------------------------------------------------------------------- list readers
 
 
@@ -413,6 +437,62 @@ def test_invalid_utf8_replaced(tmp_path: Path) -> None:
     rows = list(read_rows(p))
     assert rows[0].fields == {"url": "http://a/\ufffd\ufffd.jpg"}
     assert rows[1].fields == {"url": URLS[1]}
+
+
+def test_truncated_gz_raises_source_error_naming_file_cause_and_row(tmp_path: Path) -> None:
+    """Issue 10, item 13: not a bare EOFError but the file, the cause and how far it got."""
+    p = tmp_path / "urls.txt.gz"
+    data = gzip.compress("".join(f"http://example.com/{i}.jpg\n" for i in range(5000)).encode())
+    p.write_bytes(data[: len(data) // 2])
+    complete = zlib.decompressobj(31).decompress(p.read_bytes()).count(b"\n")
+    rows = []
+    with pytest.raises(SourceError) as exc:
+        for row in read_rows(p):
+            rows.append(row)
+    assert len(rows) == complete > 0  # every whole line before the cut, no half line
+    assert str(exc.value) == (f"{p}: the compressed file ends early (truncated) after row "
+                              f"{complete}")
+
+
+def test_damaged_gz_raises_source_error(tmp_path: Path) -> None:
+    data = bytearray(gzip.compress("".join(f"http://e.com/{i}.jpg\n" for i in range(500)).encode()))
+    data[-6] ^= 1  # the CRC: every row reads, the end does not check
+    p = tmp_path / "crc.txt.gz"
+    p.write_bytes(bytes(data))
+    with pytest.raises(SourceError, match=r"crc\.txt\.gz: damaged gzip data \(CRC check failed"
+                                          r".*\) after row 500$"):
+        list(read_rows(p))
+    (tmp_path / "zero.txt.gz").write_bytes(bytes(data[:30]) + b"\xff" * 200)
+    with pytest.raises(SourceError, match=r"zero\.txt\.gz: damaged compressed data .* before its first row"):
+        list(read_rows(tmp_path / "zero.txt.gz"))
+
+
+def test_gz_name_that_is_not_gzip_is_refused_at_call_time(tmp_path: Path) -> None:
+    p = tmp_path / "urls.txt.gz"
+    p.write_text("http://a/1.jpg\n")
+    with pytest.raises(SourceError, match=r"urls\.txt\.gz: not gzip-compressed"):
+        read_rows(p)
+
+
+@pytest.mark.parametrize("content", [b"url\nhttp://a/1.jpg\n", b"", b"PAR1 but cut off"])
+def test_parquet_that_is_not_parquet_is_refused_naming_the_file(tmp_path: Path, content: bytes) -> None:
+    """Issue 10, item 17: the message names the file (at call time, before any row)."""
+    p = tmp_path / "urls.parquet"
+    p.write_bytes(content)
+    with pytest.raises(SourceError, match=r"urls\.parquet: not a parquet file"):
+        read_rows(p)
+    gz = tmp_path / "urls.parquet.gz"
+    gz.write_bytes(gzip.compress(content))
+    rows = read_rows(gz)  # compressed: found when reading starts
+    with pytest.raises(SourceError, match=r"urls\.parquet\.gz: not a readable parquet file"):
+        next(rows)
+
+
+def test_truncated_parquet_is_refused(tmp_path: Path) -> None:
+    p = _write_parquet(tmp_path / "urls.parquet", [{"url": u} for u in URLS])
+    p.write_bytes(p.read_bytes()[:-20])
+    with pytest.raises(SourceError, match="urls.parquet: not a parquet file"):
+        read_rows(p)
 
 
 def test_unknown_extension(tmp_path: Path) -> None:
