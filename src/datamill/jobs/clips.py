@@ -24,8 +24,8 @@ from ..engine.job import Item
 from ..engine.storage import Dst
 from ..engine.task import TaskRunner
 from .tree import TreeJob
-from ..media.video import (ClipSpec, ClipTask, VideoError, cut_clips, output_size,
-                           plan_clip_tasks, probe_video)
+from ..media.video import (ClipSpec, ClipTask, VideoError, check_output_size, cut_clips,
+                           output_size, plan_clip_tasks, probe_video)
 
 log = logging.getLogger("datamill")
 
@@ -71,14 +71,20 @@ class ClipOptions:
             raise UsageError("--audio must be drop or keep")
         if self.layout not in ("mirror", "flat"):
             raise UsageError("--layout must be mirror or flat")
-        try:
-            if self.size:
-                output_size(*self.size, size=self.size)
-            for n in (self.short_side, self.max_side):
-                if n is not None:
-                    output_size(n, n, short_side=n)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+        # A size the encoder cannot make is refused now, not failed for every video; a
+        # --short-side whose long side is too large for a video fails that video alone.
+        codec = self.codec if self.format == "mp4" else None
+        for flag, value in (("--size", self.size), ("--short-side", self.short_side)):
+            if value is None:
+                continue
+            try:
+                w, h, _ = (output_size(*value, size=value) if flag == "--size"
+                           else output_size(value, value, short_side=value))
+                check_output_size(w, h, codec)
+            except (ValueError, VideoError) as exc:
+                raise UsageError(f"{flag}: {exc}") from exc
+        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 1):
+            raise UsageError(f"--max-side must be a positive integer, not {self.max_side!r}")
 
     @property
     def resizes(self) -> bool:

@@ -44,7 +44,8 @@ from ..engine.errors import ItemError
 
 PathLike = str | os.PathLike
 
-ERROR_CLASSES = ("unreadable", "no_video_stream", "empty", "decode_error", "encode_error")
+ERROR_CLASSES = ("unreadable", "no_video_stream", "empty", "decode_error", "encode_error",
+                 "size_too_large")
 CODECS = ("h264", "hevc", "vp9", "av1", "mpeg4", "copy")
 FORMATS = ("mp4", "frames", "npy")
 AUDIO_MODES = ("drop", "keep")
@@ -80,7 +81,7 @@ class VideoError(ItemError):
 
     `error_class` is one of: ``unreadable`` (cannot open, not a media file, corrupt header),
     ``no_video_stream``, ``empty`` (zero frames), ``decode_error`` (error mid-stream),
-    ``encode_error``.
+    ``encode_error``, ``size_too_large`` (an output size the encode path cannot make).
     """
 
     error_class = "decode_error"
@@ -390,7 +391,8 @@ def output_size(
     size).  Without `upscale` the result is never larger than the source.  The result is
     rounded down to even numbers (at least 2), as 4:2:0 encoders need; `note` says so when
     that changed the requested size, e.g. ``"565x320 rounded to 564x320 (yuv420p needs even
-    sizes)"``, else it is None.
+    sizes)"``, else it is None.  Raises ValueError for arguments that are not sizes and
+    VideoError (class ``size_too_large``) for a result past `check_output_size`.
     """
     for name, value in (("width", width), ("height", height), ("short_side", short_side), ("max_side", max_side)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -413,10 +415,38 @@ def output_size(
         scale = min(Fraction(width, w), Fraction(height, h))
         w, h = _round(w * scale), _round(h * scale)
     even_w, even_h = max(2, w - w % 2), max(2, h - h % 2)
+    check_output_size(even_w, even_h)
     note = None
     if (even_w, even_h) != (w, h):
         note = f"{w}x{h} rounded to {even_w}x{even_h} (yuv420p needs even sizes)"
     return even_w, even_h, note
+
+
+# The largest output the encode path makes.  libx264 opens no encoder with a side over 16384
+# pixels (SVT-AV1: a width over 16384 or a height over 8704; MPEG-4 part 2: a side over 8191),
+# and FFmpeg allocates no frame, of any codec or pixel format, whose padded size
+# (width + 128) * (height + 128) reaches 2**28 (av_image_check_size): 16384x16128 is the
+# largest frame with a 16384 side.
+MAX_SIDE = 16384
+_MAX_SIDES = {"av1": (16384, 8704), "mpeg4": (8190, 8190)}  # (width, height), even
+_MAX_PADDED_PIXELS = 2**28
+
+
+def check_output_size(width: int, height: int, codec: str | None = None) -> None:
+    """Raise VideoError (class ``size_too_large``) for an output of `width` x `height` that
+    the encode path cannot make: a side over MAX_SIDE (or over `codec`'s own limit), or a
+    frame larger than FFmpeg allocates."""
+    max_w, max_h = _MAX_SIDES.get(codec or "", (MAX_SIDE, MAX_SIDE))
+    if width > max_w or height > max_h:
+        limit = (f"at most {max_w} pixels a side" if max_w == max_h
+                 else f"at most {max_w} pixels wide and {max_h} high")
+        which = f"the {codec} encoder takes" if codec in _MAX_SIDES else "datamill makes frames of"
+        raise VideoError(f"{width}x{height} is too large: {which} {limit}", "size_too_large")
+    if (width + 128) * (height + 128) >= _MAX_PADDED_PIXELS:
+        raise VideoError(f"{width}x{height} is too large: FFmpeg makes no frame with "
+                         f"(width + 128) * (height + 128) of {_MAX_PADDED_PIXELS} or more "
+                         f"(e.g. {MAX_SIDE}x16128 is the largest with a side of {MAX_SIDE})",
+                         "size_too_large")
 
 
 def _round(value: Fraction) -> int:
@@ -1235,11 +1265,12 @@ class _DecodePass(_Pass):
         return self.transform(frame)
 
     def _open(self, clip: ClipSpec, frame: av.VideoFrame, time: float) -> None:
-        if self.transform is None:
-            self._transform(frame)  # settles the output size
-        assert self.transform is not None
-        size, plan, path = self.transform.size, self.plan, self.out_paths(clip)
+        plan, path = self.plan, self.out_paths(clip)
         try:
+            if self.transform is None:
+                self._transform(frame)  # settles the output size
+            assert self.transform is not None
+            size = self.transform.size
             if plan.fmt == "frames":
                 writer: _ClipWriter = _FramesWriter(clip, path, size, plan.jpeg_quality)
             elif plan.fmt == "npy":
