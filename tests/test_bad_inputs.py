@@ -128,6 +128,14 @@ def test_truncated_gz_list_stops_naming_the_file_and_cause_with_reports(server, 
     assert "after row" in report.message
     for name in ("manifest.parquet", "stats.json"):
         assert (dst / name).is_file()
+    read = int(report.message.split("after row ")[1].split()[0].rstrip(";)"))
+    assert report.counts["ok"] >= read > 1000  # every row read before the damage is done
+    urls.write_bytes(data)  # the whole list: the rerun does the rest, each row once
+    again = datamill.download(urls, dst, shard_size=50, quiet=True,
+                              fetch=FetchOptions(timeout=5, retries=0))
+    assert again.exit_code == 0 and again.counts["ok"] == 2000
+    keys = pq.read_table(dst / "manifest.parquet").column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 2000
 
 
 @pytest.mark.parametrize("name", ["urls.parquet", "urls.parquet.gz"])

@@ -72,6 +72,7 @@ class Ledger:
         self.path = Path(path)
         self._buffer: list[tuple] = []
         self._commits: list[tuple[int]] = []  # tasks whose outputs commit with the buffer
+        self._missing: set[tuple[str, str]] = set()  # (table, column) an old ledger lacks
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
@@ -83,6 +84,8 @@ class Ledger:
                                       + ("" if wal else "&immutable=1"), uri=True,
                                       isolation_level=None, check_same_thread=False)
             self.next_task_id = self.get_meta("next_task_id", 0)
+            self._missing = {(t, c) for t, c, _ in _ADDED
+                             if c not in {r[1] for r in self.db.execute(f"PRAGMA table_info({t})")}}
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -125,7 +128,7 @@ class Ledger:
             chunk = keys[i:i + 900]
             marks = ",".join("?" * len(chunk))
             for key, *state in self.db.execute(
-                    f"SELECT key, status, reason, size, mtime, records, task FROM items "
+                    f"SELECT {self._cols('items', ('key', 'status', 'reason', 'size', 'mtime', 'records', 'task'))} FROM items "
                     f"WHERE key IN ({marks})", chunk):
                 found[key] = ItemState(*state)
         return found
@@ -260,7 +263,7 @@ class Ledger:
         """Every item row as a dict, in key order (streamed, constant memory)."""
         self.flush()
         cur = self.db.cursor()
-        cur.execute(f"SELECT {','.join(_COLUMNS)} FROM items {where} ORDER BY key", params)
+        cur.execute(f"SELECT {self._cols('items', _COLUMNS)} FROM items {where} ORDER BY key", params)
         while True:
             rows = cur.fetchmany(2000)
             if not rows:
@@ -307,7 +310,14 @@ class Ledger:
 
     def runs(self) -> list[dict]:
         cols = ("id", "started", "ended", "status", "argv", "stats", "pid", "host")
-        return [dict(zip(cols, r)) for r in self.db.execute(f"SELECT {','.join(cols)} FROM runs ORDER BY id")]
+        return [dict(zip(cols, r)) for r in self.db.execute(
+            f"SELECT {self._cols('runs', cols)} FROM runs ORDER BY id")]
+
+    def _cols(self, table: str, cols: Iterable[str]) -> str:
+        """A select list; columns an older ledger opened read-only lacks read as NULL."""
+        if not self._missing:
+            return ",".join(cols)
+        return ",".join(f"NULL AS {c}" if (table, c) in self._missing else c for c in cols)
 
     def close(self) -> None:
         self.flush()

@@ -260,8 +260,21 @@ class _Interrupts:
 
 
 def _chunks(iterable: Iterable[Any], n: int) -> Iterator[list]:
+    """Lists of `n` items; when the iterable fails, the items read before come first."""
     it = iter(iterable)
-    while chunk := list(itertools.islice(it, n)):
+    while True:
+        chunk: list = []
+        try:
+            for _ in range(n):
+                chunk.append(next(it))
+        except StopIteration:
+            if chunk:
+                yield chunk
+            return
+        except Exception:
+            if chunk:
+                yield chunk
+            raise
         yield chunk
 
 
@@ -285,26 +298,35 @@ class _Run:
         self.top_before: dict[str, int] = {}  # the input's items in the ledger, by stage
         self.top_stage = ""
         self.found_top = 0
+        self.input_error: str | None = None  # reading the input failed part-way
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
         items: Iterable[Item] = self.job.items()
         if self.opts.limit is not None:
             items = itertools.islice(items, self.opts.limit)
-        try:
-            for chunk in _chunks(items, 256):
-                self.interrupts.check()
-                self.top_stage = chunk[0].stage
-                for it in self._fresh(chunk):
-                    if it.error is not None:
-                        self.item_errors.append(it)
-                        continue
-                    self.meta[it.key] = it
-                    yield it.key, it.payload
-        except (KeyboardInterrupt, SystemicFailure, UsageError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - reading the input itself failed
-            raise SystemicFailure(f"reading the input {self.job.src} failed: {exc}") from exc
+        chunks = _chunks(items, 256)
+        while True:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                break
+            except (KeyboardInterrupt, SystemicFailure, UsageError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - reading the input failed part-way:
+                # what was read runs to its end, then the run stops naming the cause
+                name = str(self.job.src)
+                self.input_error = (str(exc) if name in str(exc)
+                                    else f"reading the input {name} failed: {exc}")
+                return
+            self.interrupts.check()
+            self.top_stage = chunk[0].stage
+            for it in self._fresh(chunk):
+                if it.error is not None:
+                    self.item_errors.append(it)
+                    continue
+                self.meta[it.key] = it
+                yield it.key, it.payload
         self.read_all = self.opts.limit is None
 
     def _fresh(self, items: list[Item]) -> Iterator[Item]:
@@ -472,6 +494,9 @@ class _Run:
         status, message = self._safely(
             lambda: self._remove_outputs(self.ledger.outputs(state=PENDING)), status, message)
         status, message = self._safely(self.ledger.flush, status, message)
+        if status == "completed" and self.input_error:
+            status, message = "stopped", (f"stopped: {self.input_error}; what was read is done "
+                                          "and recorded: fix the input and run again to resume")
         if status == "completed" and self.interrupts.count:
             status, message = "interrupted", ("interrupted: what finished is saved; run the "
                                               "same command again to resume")

@@ -145,6 +145,7 @@ def plan_video(opts: ClipOptions, path: str) -> list[dict]:
     info = probe_video(path)
     w, h, note = output_size(info.display_width, info.display_height, size=opts.size,
                              short_side=opts.short_side, max_side=opts.max_side)
+    check_output_size(w, h, opts.codec)
     size = [w, h] if opts.resizes or note else None
     tasks = plan_clip_tasks(info, frames=opts.frames, stride=opts.stride or opts.frames,
                             drop_last=opts.drop_last, fps=opts.fps, task_frames=opts.task_frames)

@@ -29,7 +29,7 @@ from ..engine.storage import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
 from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
-from ..io.sources import read_rows, sniff_format
+from ..io.sources import SourceError, read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
 
 
@@ -160,7 +160,10 @@ class DownloadJob(Job):
             raise UsageError(f"URLS must be a file (txt, csv, tsv, jsonl, parquet, optionally .gz): {self.src}")
         try:
             sniff_format(self.src) if self.opts.input_format is None else None
-        except ValueError as exc:
+            rows = read_rows(self.src, self.opts.input_format, text_column=self.opts.url_col)
+            next(rows, None)  # a list that is not what its name says is refused at once
+            rows.close()
+        except (ValueError, SourceError) as exc:
             raise UsageError(str(exc)) from exc
 
     def fingerprint(self) -> dict:
@@ -174,7 +177,7 @@ class DownloadJob(Job):
         keys = ContentKeys()
         try:
             rows = read_rows(self.src, self.opts.input_format, text_column=self.opts.url_col)
-            while chunk := list(itertools.islice(rows, 1024)):
+            for chunk in _chunks(rows, 1024):
                 parsed = [self._parse(row) for row in chunk]
                 for key, (row, content, url, caption, kept, error) in zip(
                         keys.keys_for([p[1] for p in parsed]), parsed):
@@ -223,6 +226,21 @@ class DownloadJob(Job):
         n = ledger.db.execute("SELECT COUNT(*) FROM items WHERE status='failed' AND source IS NOT NULL").fetchone()[0]
         return [f"images in {self.dst} as {self.opts.output_format} shards"] + (
             [f"{n} failed URLs listed in failed_urls.txt (usable as a new input)"] if n else [])
+
+
+def _chunks(rows: Iterator[Any], n: int) -> Iterator[list]:
+    """Lists of `n` rows; when reading fails, the rows read before come first."""
+    while True:
+        chunk: list = []
+        try:
+            chunk.extend(itertools.islice(rows, n))  # keeps what it read if reading fails
+        except Exception:
+            if chunk:
+                yield chunk
+            raise
+        if not chunk:
+            return
+        yield chunk
 
 
 def _text(value: Any) -> str | None:
