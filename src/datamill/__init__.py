@@ -1,33 +1,47 @@
 """datamill: turn raw media collections into training-ready datasets on every core."""
-from __future__ import annotations
+TYPE_CHECKING = False  # as typing's, without importing typing
 
-from importlib.metadata import PackageNotFoundError, version
-
-from .engine.errors import Filtered, ItemError, UsageError
-from .engine.pmap import pmap
-from .engine.scheduler import Result
-
-try:
-    __version__ = version("datamill")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+# Every public name is loaded when first asked for: `import datamill` runs no other module,
+# so the command line starts its Ctrl-C handling (__main__.py) before the heavy imports, and
+# the jobs load PyAV, NumPy and PyArrow only when used.
+_PUBLIC = {
+    "pmap": ".engine.pmap", "Result": ".engine.scheduler",
+    "Filtered": ".engine.errors", "ItemError": ".engine.errors", "UsageError": ".engine.errors",
+    "RunOptions": ".engine.run", "RunReport": ".engine.run",
+    "clips": ".jobs.clips", "dedup": ".jobs.dedup", "download": ".jobs.download",
+}
 
 __all__ = ["pmap", "clips", "download", "dedup", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
            "UsageError", "__version__"]
 
+if TYPE_CHECKING:
+    from typing import Any
 
-def __getattr__(name: str):
-    # jobs and the run loop load PyAV, NumPy, PyArrow only when asked for
-    if name in ("RunOptions", "RunReport"):
-        from .engine import run
-        return getattr(run, name)
-    if name == "clips":
-        from .jobs.clips import clips
-        return clips
-    if name == "dedup":
-        from .jobs.dedup import dedup
-        return dedup
-    if name == "download":
-        from .jobs.download import download
-        return download
-    raise AttributeError(f"module 'datamill' has no attribute {name!r}")
+    from .engine.errors import Filtered, ItemError, UsageError
+    from .engine.pmap import pmap
+    from .engine.run import RunOptions, RunReport
+    from .engine.scheduler import Result
+    from .jobs.clips import clips
+    from .jobs.dedup import dedup
+    from .jobs.download import download
+    __version__: str
+
+
+def __getattr__(name: str) -> "Any":
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            value = version("datamill")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+    elif name in _PUBLIC:
+        from importlib import import_module
+        value = getattr(import_module(_PUBLIC[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'datamill' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) - {"TYPE_CHECKING"} | set(__all__))

@@ -1,4 +1,8 @@
-"""The command line: parse arguments into a job's options and hand them to the engine."""
+"""The command line: parse arguments into a job's options and hand them to the engine.
+
+The process starts in __main__.py (`run`), which turns Ctrl-C and click's errors into exit
+statuses; the commands here exit with the engine's status.
+"""
 from __future__ import annotations
 
 import functools
@@ -11,7 +15,7 @@ from . import __version__
 from .engine.errors import UsageError
 from .engine.executor import EXECUTORS
 from .engine.job import Job
-from .engine.run import EXIT_INTERRUPTED, EXIT_USAGE, RunOptions, run_job
+from .engine.run import EXIT_USAGE, RunOptions, run_job
 
 
 def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,15 +57,13 @@ def run_options(kw: dict[str, Any]) -> RunOptions:
 
 
 def execute(make_job: Callable[[], Job], opts: RunOptions) -> None:
-    """Build the job and run it; exit with the engine's status (0, 1, 2 or 130)."""
+    """Build the job and run it; exit with the engine's status (0, 1, 2 or 130).  A Ctrl-C
+    that the engine does not handle itself reaches __main__.run as KeyboardInterrupt."""
     try:
         report = run_job(make_job(), opts)
     except (UsageError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
     sys.exit(report.exit_code)
 
 
@@ -238,7 +240,3 @@ def demo(folder: str, workers: int | None, quiet: bool) -> None:
     """Generate a small dataset in FOLDER (default ./datamill-demo) and run every job on it."""
     from .demo import run_demo
     sys.exit(run_demo(folder, workers=workers, quiet=quiet))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

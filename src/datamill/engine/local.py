@@ -8,12 +8,23 @@ item that was running when a worker died.
 
 Workers are forked, so the user's function and initializer need not be picklable (a lambda
 works); task payloads and results are pickled.
+
+Workers die with their driver, whatever kills it (kill -9 included): on Linux the kernel
+sends them SIGKILL when the driver's thread that forked them ends (the parent-death signal),
+and a thread in each worker also checks every half second that its parent is still the
+driver, which covers other systems and drivers that fork from a thread other than the main
+one.  Ctrl-C and SIGTERM are the driver's to handle: workers ignore them.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import multiprocessing as mp
+import os
 import pickle
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from multiprocessing.connection import wait
@@ -28,13 +39,58 @@ _FIELDS = 7  # per worker in the status array: task id, item index, item start (
 # as succeeded, as not succeeded, and their bytes (for progress as it happens)
 
 
+_DRIVER_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the driver decides how to stop
+_PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL = 0.5  # seconds between a worker's checks that its driver is alive
+
+
 def _dumps(obj: Any) -> bytes:
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+@functools.lru_cache(maxsize=None)
+def _prctl() -> Any:
+    """libc's prctl, or None where there is none (loaded in the driver, inherited by forks)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+        return None
+
+
+def _die_with_driver(driver: int, parent_death_signal: bool) -> None:
+    """Make this worker die when `driver` (its parent) does, even by kill -9.
+
+    The parent-death signal fires when the parent *thread* that forked us ends, so the
+    driver asks for it only when it forks from its main thread.  The driver may have died
+    before the signal was armed: check the parent once after arming it.  The watch thread
+    is the guard where there is no parent-death signal.
+    """
+    prctl = _prctl() if parent_death_signal else None
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != driver:
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch_driver, args=(driver,), name="datamill-watch-driver",
+                     daemon=True).start()
+
+
+def _watch_driver(driver: int) -> None:
+    while True:
+        time.sleep(WATCH_INTERVAL)
+        if os.getppid() != driver:  # re-parented: the driver is gone
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _worker_main(runner: TaskRunner, slot: int, tasks: Any, conn: Any, status: Any,
-                 stopping: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides how to stop
+                 stopping: Any, driver: int, parent_death_signal: bool) -> None:
+    # The driver forked us with these signals blocked: a Ctrl-C that arrived meanwhile is
+    # discarded here instead of raising KeyboardInterrupt in a half-started worker.
+    for sig in _DRIVER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _DRIVER_SIGNALS)
+    _die_with_driver(driver, parent_death_signal)
     try:
         runner.initialize()
     except BaseException as exc:  # noqa: BLE001
@@ -88,6 +144,7 @@ class LocalExecutor(Executor):
         self._timeout = timeout
         self._status = self._ctx.RawArray("d", [-1.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0] * self.workers)
         self._stopping = self._ctx.Event()
+        _prctl()  # load libc once here, not in every worker
         self._workers = [self._spawn(slot) for slot in range(self.workers)]
 
     def _spawn(self, slot: int) -> _Worker:
@@ -95,10 +152,16 @@ class LocalExecutor(Executor):
         reader, writer = self._ctx.Pipe(duplex=False)
         base = slot * _FIELDS
         self._status[base] = -1
+        from_main_thread = threading.current_thread() is threading.main_thread()
         proc = self._ctx.Process(
             target=_worker_main, name=f"datamill-worker-{slot}", daemon=True,
-            args=(self._runner, slot, tasks, writer, self._status, self._stopping))
-        proc.start()
+            args=(self._runner, slot, tasks, writer, self._status, self._stopping,
+                  os.getpid(), from_main_thread))
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _DRIVER_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         writer.close()
         return _Worker(slot, proc, tasks, reader)
 
