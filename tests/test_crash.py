@@ -66,6 +66,18 @@ def shard_keys(dst: Path) -> Counter:
     return seen
 
 
+def text_files(src: Path, n: int, text: str | None = None) -> Path:
+    """SRC for tests/textjob.py: f00.txt ... holding `text` (default: the letter of each)."""
+    src.mkdir(parents=True)
+    for i in range(n):
+        (src / f"f{i:02d}.txt").write_text(text if text is not None else chr(97 + i % 26) * 100_000)
+    return src
+
+
+def textjob(src: Path, dst: Path) -> list[str]:
+    return [sys.executable, str(HERE / "textjob.py"), str(src), str(dst)]
+
+
 def temp_files(dst: Path) -> list[Path]:
     return [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
 
@@ -219,19 +231,15 @@ def test_rows_are_identified_by_what_they_hold(server, tmp_path):
 
 
 def test_two_runs_on_one_dst_the_second_is_refused_naming_the_first(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(30):
-        (src / f"f{i:02d}.txt").write_text("SLOW")
+    src = text_files(tmp_path / "src", 30, "SLOW")
     dst = tmp_path / "dst"
-    first = subprocess.Popen([sys.executable, str(HERE / "textjob.py"), src, dst],
+    first = subprocess.Popen(textjob(src, dst),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while not (dst / "_datamill" / "lock").exists() or not (dst / "_datamill" / "lock").read_text():
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, str(HERE / "textjob.py"), src, dst],
-                            capture_output=True, text=True, timeout=60)
+    second = subprocess.run(textjob(src, dst), capture_output=True, text=True, timeout=60)
     assert second.returncode == 2
     assert f"pid {first.pid}" in second.stderr and socket.gethostname() in second.stderr
     assert first.wait(timeout=60) == 0
@@ -248,7 +256,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_one_from_another_host_is_no
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
-    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    cmd = textjob(src, dst)
     assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
     lock.write_text(json.dumps({"pid": 4242, "host": "another-machine"}))
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -282,12 +290,9 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_stops_with_the_cause_and_the_rerun_completes(tmp_path, small_disk):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(40):
-        (src / f"f{i:02d}.txt").write_text(chr(97 + i % 26) * 100_000)
+    src = text_files(tmp_path / "src", 40)
     dst = small_disk / "out"
-    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    cmd = textjob(src, dst)
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert full.returncode == 1, full.stdout + full.stderr
     assert "disk is full" in full.stdout and "Traceback" not in full.stderr + full.stdout
@@ -306,12 +311,9 @@ def test_a_full_disk_stops_with_the_cause_and_the_rerun_completes(tmp_path, smal
 
 
 def test_the_ledger_failing_to_write_stops_the_run_and_the_next_run_resumes(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(20):
-        (src / f"f{i:02d}.txt").write_text("x")
+    src = text_files(tmp_path / "src", 20, "x")
     dst = tmp_path / "dst"
-    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    cmd = textjob(src, dst)
     env = {**ENV, "DATAMILL_FAULT": "ledger:enospc:2"}
     full = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert full.returncode == 1 and "disk is full" in full.stdout, full.stdout + full.stderr
@@ -323,11 +325,9 @@ def test_the_ledger_failing_to_write_stops_the_run_and_the_next_run_resumes(tmp_
 
 
 def test_a_run_killed_is_marked_interrupted_by_the_next(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("a")
+    src = text_files(tmp_path / "src", 1, "a")
     dst = tmp_path / "dst"
-    cmd = [sys.executable, str(HERE / "textjob.py"), src, dst]
+    cmd = textjob(src, dst)
     killed = subprocess.run(cmd, capture_output=True, env={**ENV, "DATAMILL_FAULT": "startup:kill"})
     assert killed.returncode == -signal.SIGKILL
     assert subprocess.run(cmd, capture_output=True).returncode == 0
