@@ -198,15 +198,16 @@ def test_a_file_in_the_way_of_a_per_item_output_fails_that_item_alone(tmp_path):
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "b.txt.out").write_text("the user's")
-    import textjob
+    from textjob import UpperJob
     from datamill.engine.run import RunOptions, run_job
-    report = run_job(textjob.UpperJob(src, dst), RunOptions(quiet=True, allow_existing=True))
+    report = run_job(UpperJob(src, dst), RunOptions(quiet=True, allow_existing=True))
     assert report.exit_code == 1 and report.counts == {"ok": 2, "filtered": 0, "failed": 1}
     assert (dst / "b.txt.out").read_text() == "the user's"
     assert json.loads((dst / "failures.jsonl").read_text())["error_class"] == "dst_exists"
-    report = run_job(textjob.UpperJob(src, dst), RunOptions(quiet=True, overwrite=True))
-    assert (dst / "b.txt.out").read_text() == "the user's" and not (dst / "a.txt.out").exists() \
-        or (dst / "a.txt.out").read_text() == "A"
+    report = run_job(UpperJob(src, dst), RunOptions(quiet=True, overwrite=True))
+    assert report.counts == {"ok": 2, "filtered": 0, "failed": 1}  # b is in the way still
+    assert (dst / "b.txt.out").read_text() == "the user's"
+    assert (dst / "a.txt.out").read_text() == "A" and (dst / "c.txt.out").read_text() == "C"
 
 
 def test_rows_are_identified_by_what_they_hold(server, tmp_path):
@@ -262,6 +263,10 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_one_from_another_host_is_no
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "another-machine" in refused.stderr
     assert "--break-lock" in refused.stderr
+    from textjob import UpperJob
+    from datamill.engine.run import RunOptions, run_job
+    assert run_job(UpperJob(src, dst), RunOptions(quiet=True, break_lock=True)).ok
+    assert json.loads(lock.read_text() or "{}") == {}  # released at the end
 
 
 def test_dry_run_writes_nothing(server, tmp_path):
