@@ -31,7 +31,11 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Local folder of the job's ledger (default: DST/_datamill, or for a URL "
                           "DST a folder under ~/.cache/datamill named after it)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress and no summary."),
-        click.option("--overwrite", is_flag=True, help="Redo everything when options that change results differ from DST's."),
+        click.option("--overwrite", is_flag=True, help="Remove every output the ledger says datamill wrote, then redo everything (also with other options)."),
+        click.option("--allow-existing", is_flag=True,
+                     help="Write into a non-empty DST that is not a datamill folder; its files are never touched."),
+        click.option("--break-lock", is_flag=True,
+                     help="Take over DST's lock held by a run on another host (only if no run there is alive)."),
         click.option("--retry-failed", is_flag=False, flag_value="all", default=None, metavar="[CLASSES]",
                      help="Retry items that failed before (all, or only these comma-separated error classes)."),
         click.option("--limit", type=click.IntRange(min=0), help="Only the first N items."),
@@ -51,6 +55,7 @@ def run_options(kw: dict[str, Any]) -> RunOptions:
         workers=kw.pop("workers"), executor=kw.pop("executor"), ray_address=kw.pop("ray_address"),
         cpus_per_task=kw.pop("cpus_per_task"), state_dir=kw.pop("state_dir"),
         quiet=kw.pop("quiet"), overwrite=kw.pop("overwrite"), limit=kw.pop("limit"),
+        allow_existing=kw.pop("allow_existing"), break_lock=kw.pop("break_lock"),
         dry_run=kw.pop("dry_run"), timeout=kw.pop("timeout"), retries=kw.pop("retries"),
         retry_failed=(True if retry == "all" else set(retry.split(","))) if retry else False,
         argv=sys.argv)

@@ -237,6 +237,8 @@ class _Interrupts:
     def __enter__(self) -> "_Interrupts":
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
+                if signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # started in the background by a shell: it stays ignored
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: Ctrl-C is the caller's
                 pass
