@@ -115,7 +115,7 @@ def assert_exactly_once(dst: Path, n: int = N_URLS) -> None:
 
 @pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
 @pytest.mark.parametrize("fault", ["startup:kill", "submitted:kill:3", "commit:kill",
-                                   "commit:kill:25", "reports:kill"])
+                                   "commit:kill:4", "reports:kill"])
 def test_driver_killed_at_any_point_then_rerun_stores_every_url_once(server, tmp_path, fmt, fault):
     urls = url_list(server, tmp_path / "urls.txt")
     dst = tmp_path / "out"
@@ -384,3 +384,15 @@ def test_clips_past_their_deadline_leave_no_clip_the_manifest_does_not_list(tmp_
     assert report.stats["failures"].get("timeout"), report.stats["failures"]
     assert sorted(listed_clips(dst)) == sorted(clip_files(dst))
     assert not temp_files(dst)
+
+
+def test_the_temporary_file_of_a_report_cut_short_is_removed_by_the_next_run(tmp_path):
+    src = text_files(tmp_path / "src", 3, "x")
+    dst = tmp_path / "dst"
+    assert subprocess.run(textjob(src, dst), capture_output=True).returncode == 0
+    left = dst / ".manifest.datamill-tmp-999999.parquet"  # as a run killed mid-write leaves it
+    left.write_bytes(b"PAR1 half")
+    mine = dst / ".manifest.notes"  # the user's, though it looks alike
+    mine.write_text("mine")
+    assert subprocess.run(textjob(src, dst), capture_output=True).returncode == 0
+    assert not left.exists() and mine.read_text() == "mine"

@@ -102,6 +102,15 @@ def remove_output(final: str | os.PathLike) -> bool:
         with contextlib.suppress(FileNotFoundError):
             final.unlink()
             removed = True
+    return remove_temps(final) or removed
+
+
+def remove_temps(final: str | os.PathLike) -> bool:
+    """Remove the temporary files of writes to `final` that never completed (their writer
+    was killed); True if there were any."""
+    import shutil
+    final = Path(final)
+    removed = False
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         prefix, suffix = f".{final.stem}{TMP_MARK}", final.suffix
         for entry in os.scandir(final.parent):

@@ -301,6 +301,7 @@ class _Run:
         self.top_stage = ""
         self.found_top = 0
         self.input_error: str | None = None  # reading the input failed part-way
+        self.last_task: int | None = None
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
@@ -381,6 +382,7 @@ class _Run:
     def _on_submit(self, task_id: int, task: list[WorkItem]) -> None:
         """Record what the task will write before it runs; a path taken by a file datamill
         did not write fails the task's items (the file is left alone)."""
+        self.ledger.next_task_id = task_id + 1  # saved with the next flush
         paths = self.job.outputs(task_id, [w.payload for w in task])
         if not paths:
             return
@@ -390,7 +392,6 @@ class _Run:
                 raise OutputTaken(self.job.dst.child(path))
             if state is not None:  # ours, from an earlier task: replaced
                 self._remove_outputs([path])
-        self.ledger.next_task_id = task_id + 1
         self.ledger.add_pending(task_id, paths, self.run_id)
         fault("submitted")
 
@@ -430,6 +431,7 @@ class _Run:
         names = list(REPORT_NAMES) + list(self.job.report_names())
         earlier = len(self.ledger.runs()) > 1  # the ledger's earlier runs wrote them
         for name in names:
+            self.job.dst.remove_temps(name)  # a run killed while writing its reports
             if (self.ledger.output_state(name) is None and not earlier
                     and self.job.dst.exists(name)):
                 raise UsageError(f"{self.job.dst.child(name)} exists and was not written by "
@@ -559,9 +561,9 @@ class _Run:
             self.sched.executor.shutdown(cancel=True)
 
     def _handle(self, r: Result, watch: bool) -> None:
-        if r.task_id is not None:
-            fault("commit")
-        self.ledger.next_task_id = max(self.ledger.next_task_id, self.sched.next_task_id)
+        if r.task_id is not None and r.task_id != self.last_task:
+            self.last_task = r.task_id
+            fault("commit")  # a task's results came back, before they are recorded
         it = self.meta.pop(r.key)
         common = dict(attempts=r.attempts, source=it.source, size=it.size, mtime=it.mtime,
                       seconds=r.seconds, run=self.run_id, task=r.task_id, parent=it.parent)

@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .atomic import atomic_path, remove_output
+from .atomic import atomic_path, remove_output, remove_temps
 from .errors import UsageError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -191,6 +191,12 @@ class Dst:
         if self.path is not None:
             return os.path.lexists(self.path / rel)
         return bool(self.fs.exists(self.remote(rel)))
+
+    def remove_temps(self, rel: str) -> None:
+        """Remove the temporary files of unfinished writes to `rel` (none on an object store,
+        where nothing appears before its upload is complete)."""
+        if self.path is not None:
+            remove_temps(self.path / rel)
 
     def remove_output(self, rel: str) -> bool:
         """Remove an output datamill wrote (a file or a folder) and the temporary files of
