@@ -8,7 +8,7 @@ With DATAMILL_FAULT_ONCE=PATH the fault fires in one process only, the first to 
 
 Points: startup (the run holds its lock and cleaned up), submitted (the driver sent a task),
 task-end (in the worker, after the task wrote its outputs, before it reports), commit (in the
-driver, a finished task's results received, before they are recorded), ledger (in the
+driver, the first results of a finished task received, before they are recorded), ledger (in the
 driver, before a flush of outcomes), reports (between manifest.parquet and stats.json).
 """
 from __future__ import annotations
