@@ -259,17 +259,18 @@ class Ledger:
             self.db.execute("DELETE FROM meta WHERE name IN ('next_task_id', 'gone')")
         self.next_task_id = 0
 
-    def iter_items(self, where: str = "", params: tuple = ()) -> Iterator[dict]:
-        """Every item row as a dict, in key order (streamed, constant memory)."""
+    def iter_items(self, where: str = "", params: tuple = (),
+                   columns: tuple[str, ...] = _COLUMNS) -> Iterator[dict]:
+        """Every item row as a dict of `columns`, in key order (streamed, constant memory)."""
         self.flush()
         cur = self.db.cursor()
-        cur.execute(f"SELECT {self._cols('items', _COLUMNS)} FROM items {where} ORDER BY key", params)
+        cur.execute(f"SELECT {self._cols('items', columns)} FROM items {where} ORDER BY key", params)
         while True:
             rows = cur.fetchmany(2000)
             if not rows:
                 return
             for row in rows:
-                yield dict(zip(_COLUMNS, row))
+                yield dict(zip(columns, row))
 
     def counts(self) -> dict[str, int]:
         self.flush()

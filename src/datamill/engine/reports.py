@@ -47,7 +47,8 @@ def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage
     with dst.atomic_path("manifest.parquet") as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             batch: list[dict] = []
-            for row in ledger.iter_items():
+            for row in ledger.iter_items(columns=("key", "source", "status", "reason", "records",
+                                                  "stage")):
                 batch.extend(manifest_rows(row, final_stage))
                 if len(batch) >= 10_000:
                     writer.write_table(pa.Table.from_pylist(batch, schema))
