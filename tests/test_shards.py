@@ -181,7 +181,12 @@ def test_parquet_columns_are_typed(tmp_path):
     table = pq.read_table(info.path)
     assert table.schema.names == [
         "key", "image", "ext", "caption", "meta", "url", "status", "width", "height", "sha256"]
-    assert table.schema.field("image").type == pa.binary()
+    assert table.schema.field("image").type == pa.struct(  # as Hugging Face's Image feature
+        [pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+    assert table.column("image").to_pylist()[0] == {"bytes": RECORDS[0].data,
+                                                    "path": "000000000.jpg"}
+    assert json.loads(table.schema.metadata[b"huggingface"])["info"]["features"]["image"] == {
+        "_type": "Image"}
     assert table.schema.field("width").type == pa.int64()
     assert table.column("width").to_pylist() == [4, 16, None, None]
     assert table.column("url").to_pylist()[1] == "http://a.test/ü.png"
@@ -202,6 +207,14 @@ def test_parquet_columns_are_typed(tmp_path):
         with ParquetShardWriter(tmp_path, 3) as writer:
             writer.add("a", b"x", "jpg", {"width": "wide"})
     assert sorted(os.listdir(tmp_path)) == ["00000.parquet", "00001.parquet"]
+
+
+def test_parquet_shards_with_a_binary_image_column_still_read(tmp_path):
+    """Shards written before the image column became Hugging Face's struct of bytes and path."""
+    rows = [{"key": r.key, "image": r.data, "ext": r.ext, "caption": r.caption,
+             "meta": json.dumps(r.meta)} for r in RECORDS]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "00000.parquet")
+    assert list(iter_shard(tmp_path / "00000.parquet")) == RECORDS
 
 
 def test_parquet_row_groups_are_capped_by_bytes(tmp_path):

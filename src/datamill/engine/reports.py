@@ -40,9 +40,39 @@ def _without_base(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("status", "reason", "message")}
 
 
+def manifest_schema(fields: list[pa.Field]) -> pa.Schema:
+    """The manifest's schema: the base columns and a job's `fields`, of types that pyarrow,
+    pandas, DuckDB and Hugging Face `datasets` all read (no map or union: `datasets` has no
+    equivalent; a job stores such a value as a JSON string)."""
+    schema = pa.schema(BASE_FIELDS + list(fields))
+    for f in schema:
+        if _unreadable(f.type):
+            raise TypeError(f"manifest column {f.name!r} of type {f.type}: Hugging Face datasets "
+                            "cannot read it; store the value as a JSON string")
+    return schema
+
+
+def _unreadable(t: pa.DataType) -> bool:
+    if pa.types.is_map(t) or pa.types.is_union(t):
+        return True
+    return any(_unreadable(t.field(i).type) for i in range(t.num_fields))
+
+
+def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """`rows` as a table of `schema`; a dict or list in a string column (a record written by an
+    earlier version into the ledger, e.g. download's `kept` as a dict) becomes its JSON."""
+    try:
+        return pa.Table.from_pylist(rows, schema)
+    except pa.ArrowTypeError:
+        text = [f.name for f in schema if pa.types.is_string(f.type)]
+        rows = [{**r, **{c: json.dumps(r[c], ensure_ascii=False) for c in text
+                         if isinstance(r.get(c), (dict, list))}} for r in rows]
+        return pa.Table.from_pylist(rows, schema)
+
+
 def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage: str) -> int:
     """DST/manifest.parquet; returns its number of rows."""
-    schema = pa.schema(BASE_FIELDS + list(fields))
+    schema = manifest_schema(fields)
     n = 0
     with dst.atomic_path("manifest.parquet") as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
@@ -51,11 +81,11 @@ def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage
                                                   "stage")):
                 batch.extend(manifest_rows(row, final_stage))
                 if len(batch) >= 10_000:
-                    writer.write_table(pa.Table.from_pylist(batch, schema))
+                    writer.write_table(_table(batch, schema))
                     n += len(batch)
                     batch = []
             if batch or n == 0:
-                writer.write_table(pa.Table.from_pylist(batch, schema))
+                writer.write_table(_table(batch, schema))
                 n += len(batch)
     return n
 

@@ -10,8 +10,9 @@ format         shard                    one record
 files          folder ``root/00012/``   ``KEY.EXT`` (payload), ``KEY.txt`` (caption, if
                                         any), ``KEY.json`` (metadata, always, written last)
 webdataset     ``root/00012.tar``       the same three members, in that order
-parquet        ``root/00012.parquet``   one row: key, image, ext, caption, meta (the full
-                                        metadata as JSON) and typed copies of chosen fields
+parquet        ``root/00012.parquet``   one row: key, image (Hugging Face ``Image``: bytes
+                                        and path), ext, caption, meta (the full metadata
+                                        as JSON) and typed copies of chosen fields
 =============  =======================  ==================================================
 
 Atomicity: every file is written under a hidden temporary name (``.NAME.datamill-tmp-PID.SUF``)
@@ -428,10 +429,19 @@ DEFAULT_PARQUET_FIELDS: Mapping[str, pa.DataType] = {
     "sha256": pa.string(),
 }
 
+# The image column is what Hugging Face `datasets` stores its `Image` feature as: a struct of
+# the encoded bytes and a file name (``KEY.EXT``), declared as that feature in the schema
+# metadata, so that `datasets.load_dataset("parquet", ...)` decodes it to a PIL image.
+_IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+_IMAGE_BYTES = "image.bytes"  # the leaf column holding the payload
+_HF_METADATA = {
+    b"huggingface": json.dumps({"info": {"features": {"image": {"_type": "Image"}}}}).encode()
+}
+
 _PARQUET_BASE = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),
-        pa.field("image", pa.binary()),
+        pa.field("image", _IMAGE_TYPE),
         pa.field("ext", pa.string()),
         pa.field("caption", pa.string()),
         pa.field("meta", pa.string(), nullable=False),
@@ -442,8 +452,10 @@ _PARQUET_BASE = pa.schema(
 class ParquetShardWriter(ShardWriter):
     """A parquet file ``root/{shard_id:05d}.parquet``, one row per record.
 
-    Columns: ``key``, ``image`` (binary, null without data), ``ext``, ``caption``, ``meta``
-    (the whole metadata dict as a JSON string: lossless whatever the fields), then one typed
+    Columns: ``key``, ``image`` (a struct of ``bytes`` and ``path`` = ``KEY.EXT``, null
+    without data: the layout of Hugging Face's ``Image`` feature, declared as such in the
+    schema metadata), ``ext``, ``caption``, ``meta`` (the whole metadata dict as a JSON
+    string: lossless whatever the fields), then one typed
     column per entry of `fields` (default `DEFAULT_PARQUET_FIELDS`: url, status, width,
     height, sha256), holding a copy of that metadata value, null when absent. The schema
     is fixed up front, never inferred from the first rows, so every shard of a job has the
@@ -477,7 +489,8 @@ class ParquetShardWriter(ShardWriter):
         if rows_per_group < 1 or max_group_bytes < 1:
             raise ValueError("rows_per_group and max_group_bytes must be >= 1")
         self.schema = pa.schema(
-            list(_PARQUET_BASE) + [pa.field(name, t) for name, t in self.fields.items()]
+            list(_PARQUET_BASE) + [pa.field(name, t) for name, t in self.fields.items()],
+            metadata=_HF_METADATA,
         )
         self.rows_per_group = rows_per_group
         self.max_group_bytes = max_group_bytes
@@ -485,12 +498,15 @@ class ParquetShardWriter(ShardWriter):
         self._buffered_bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temp_path_for(self.path)
-        others = [name for name in self.schema.names if name != "image"]
+        leaves: list[str] = []  # the parquet columns: the image struct's are "image.bytes", ...
+        for name in self.schema.names:
+            leaves += [f"image.{f.name}" for f in _IMAGE_TYPE] if name == "image" else [name]
+        others = [leaf for leaf in leaves if leaf != _IMAGE_BYTES]
         self._writer = pq.ParquetWriter(
             self._tmp,
             self.schema,
-            compression={name: "none" if name == "image" else compression
-                         for name in self.schema.names},
+            compression={leaf: "none" if leaf == _IMAGE_BYTES else compression
+                         for leaf in leaves},
             use_dictionary=others,
             write_statistics=others,
         )
@@ -530,7 +546,13 @@ class ParquetShardWriter(ShardWriter):
     def _flush(self) -> None:
         rows = len(self._columns["key"])
         if rows:
-            table = pa.Table.from_pydict(self._columns, schema=self.schema)
+            data = self._columns["image"]
+            paths = [None if d is None else f"{k}.{e}"
+                     for k, d, e in zip(self._columns["key"], data, self._columns["ext"])]
+            image = pa.StructArray.from_arrays(
+                [pa.array(data, pa.binary()), pa.array(paths, pa.string())],
+                fields=list(_IMAGE_TYPE), mask=pa.array([d is None for d in data]))
+            table = pa.Table.from_pydict({**self._columns, "image": image}, schema=self.schema)
             self._writer.write_table(table, row_group_size=rows)
         self._columns = {name: [] for name in self.schema.names}
         self._buffered_bytes = 0
@@ -676,6 +698,9 @@ def _iter_parquet(path: Path, batch_rows: int = 64) -> Iterator[ShardRecord]:
     columns = ["key", "image", "ext", "caption", "meta"]
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
         for row in batch.to_pylist():
+            image = row["image"]
+            if isinstance(image, dict):  # {"bytes", "path"}; plain bytes in older shards
+                image = image["bytes"]
             yield ShardRecord(
-                row["key"], row["image"], row["ext"], json.loads(row["meta"]), row["caption"]
+                row["key"], image, row["ext"], json.loads(row["meta"]), row["caption"]
             )

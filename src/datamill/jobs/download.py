@@ -131,7 +131,8 @@ def store_image(opts: DownloadOptions, writer: Any, shard: int, payload: tuple,
     return ok([{"row": row, "url": url, "caption": caption, "shard": f"{shard:05d}", "member": member,
                 "width": img.width, "height": img.height, "original_width": img.original_width,
                 "original_height": img.original_height, "sha256": img.sha256,
-                "bytes": len(img.data), "kept": kept or None}])
+                "bytes": len(img.data),
+                "kept": json.dumps(kept, ensure_ascii=False) if kept else None}])
 
 
 class DownloadJob(Job):
@@ -144,7 +145,7 @@ class DownloadJob(Job):
         pa.field("width", pa.int32()), pa.field("height", pa.int32()),
         pa.field("original_width", pa.int32()), pa.field("original_height", pa.int32()),
         pa.field("sha256", pa.string()), pa.field("bytes", pa.int64()),
-        pa.field("kept", pa.map_(pa.string(), pa.string())),
+        pa.field("kept", pa.string()),  # the --keep-cols as one JSON object
     ]
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike,
