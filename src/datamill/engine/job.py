@@ -43,7 +43,7 @@ class Job(ABC):
     # Set by the engine before `runner()`: the cores each worker has to itself (work that can
     # use threads, such as video codecs, sizes its thread pools by it).
     cores_per_worker = 1
-    unit = "item"
+    unit = "item"  # what the input's items are, for progress and the summary ("video", "url")
     # True when each task's outputs belong to its items alone (one video's clips), so an
     # item that is redone (its source changed) replaces them; False for shards of many items.
     outputs_per_item = False
@@ -104,6 +104,11 @@ class Job(ABC):
         """The deadline the engine enforces per item (per task for a batch runner)."""
         return item_timeout
 
+    def retry_matches(self, asked: str, error_class: str | None) -> bool:
+        """Whether `--retry-failed ASKED` retries an item that failed with `error_class`; a
+        job may let one word name a family of its classes."""
+        return asked == error_class
+
     def finish(self, ledger: Any, quiet: bool) -> None:
         """A global phase after the per-item work (dedup's grouping); none by default."""
 
@@ -114,7 +119,8 @@ class Job(ABC):
         return []
 
     def count(self) -> int | None:
-        """The number of items, when cheap to know ahead (for the progress ETA)."""
+        """How many items `items()` will yield, or None; run in a thread beside the job (a
+        list's lines, a tree walked ahead), for the progress total and ETA."""
         return None
 
     # -- checks shared by jobs ---------------------------------------------------------------

@@ -96,6 +96,7 @@ class Ledger:
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self.db.execute("CREATE INDEX IF NOT EXISTS items_parent ON items (parent)")
         # Tasks are numbered across runs (they may name shards); saved with every flush, so
         # a task whose results are in the ledger always has a smaller id.
         self.next_task_id: int = self.get_meta("next_task_id", 0)
@@ -235,6 +236,20 @@ class Ledger:
 
     def forget_move(self, source: str) -> None:
         self.db.execute("DELETE FROM moves WHERE source=?", (source,))
+
+    def top_level_outcomes(self) -> dict[str, int]:
+        """Counts by outcome of the items the input gave, each judged with the items that
+        followed from it (a video with a failed clip range failed)."""
+        self.flush()
+        if ("items", "parent") in self._missing:
+            return self.counts()
+        return dict(self.db.execute(
+            "SELECT CASE WHEN p.status != 'ok' THEN p.status "
+            "WHEN EXISTS (SELECT 1 FROM items c WHERE c.parent = p.key AND c.status = 'failed') "
+            "THEN 'failed' "
+            "WHEN EXISTS (SELECT 1 FROM items c WHERE c.parent = p.key AND c.status = 'filtered') "
+            "THEN 'filtered' ELSE 'ok' END, COUNT(*) "
+            "FROM items p WHERE p.parent IS NULL GROUP BY 1"))
 
     def top_level_counts(self) -> dict[str, int]:
         """How many items the job's input gave (not those that followed from them), by stage."""

@@ -21,6 +21,7 @@ class Progress:
         self.counts: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.done = 0
+        self.skipped = 0  # done by earlier runs (they count toward the total, not the rate)
         self.total = total
         self.started = time.monotonic()
         self._last_show = self.started
@@ -44,6 +45,12 @@ class Progress:
         now = time.monotonic()
         if now - self._last_show >= self.interval:
             self._show(now)
+
+    def skip(self, n: int = 1) -> None:
+        """`n` items were done by an earlier run."""
+        self.skipped += n
+        if self._bar is not None:
+            self._bar.update(n)
 
     def tick(self, in_flight_done: int = 0, live: tuple[int, int, int] | None = None) -> None:
         """Refresh the display if due; `in_flight_done` counts items finished inside tasks
@@ -77,9 +84,11 @@ class Progress:
         of = f"/{self.total}" if self.total else ""
         eta = ""
         if self.total and rate > 0:
-            eta = f", ETA {_duration((self.total - done) / rate)}"
-        print(f"{self.desc}: {self.done}{of} {self.unit}s done{running}, {rate:.1f}/s{eta}, "
-              f"{self._volume_text(now)}{self._failure_text()}", file=self.stream, flush=True)
+            eta = f", ETA {_duration(max(0, self.total - self.skipped - done) / rate)}"
+        before = f" ({self.skipped} by earlier runs)" if self.skipped else ""
+        print(f"{self.desc}: {self.done + self.skipped}{of} {self.unit}s done{before}{running}, "
+              f"{rate:.1f}/s{eta}, {self._volume_text(now)}{self._failure_text()}",
+              file=self.stream, flush=True)
 
     def _volume_text(self, now: float) -> str:
         """MB/s (when batch runners report bytes) and the share of items that succeeded; ''
@@ -109,10 +118,6 @@ class Progress:
             self._bar.set_postfix_str(self._failure_text(), refresh=False)
             self._bar.close()
             self._bar = None
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
 
 def _duration(seconds: float) -> str:

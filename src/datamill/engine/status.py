@@ -54,10 +54,11 @@ def _summary(ledger: Ledger, dst: str, path: Path) -> list[str]:
     if job is None:
         raise UsageError(f"{dst} is not a datamill job folder: its ledger {path} names no job "
                          "(no run of a job got as far as starting)")
-    counts = ledger.counts()
+    counts = ledger.top_level_outcomes()
     gone = ledger.get_meta("gone", 0)
+    unit = ledger.get_meta("unit", "item")
     lines = [f"{dst}: datamill {job} job",
-             f"  items: ok {counts.get('ok', 0)}, filtered {counts.get('filtered', 0)}, "
+             f"  {unit}s: ok {counts.get('ok', 0)}, filtered {counts.get('filtered', 0)}, "
              f"failed {counts.get('failed', 0)}"
              + (f", gone {gone} (in earlier runs' input, not in the last one's)" if gone else "")]
     failures = ledger.failure_classes()

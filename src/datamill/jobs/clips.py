@@ -97,7 +97,7 @@ class ClipOptions:
         return d
 
 
-def clip_paths(dst: Path, rel: str, opts: ClipOptions, source_suffix: str) -> tuple[Path, str]:
+def clip_paths(dst: Path, rel: str, opts: ClipOptions) -> tuple[Path, str]:
     """(folder, file stem prefix) of a video's clips: mirrored tree or flat."""
     relp = Path(rel)
     if opts.layout == "flat":
@@ -123,7 +123,7 @@ def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple, threads: int = 0) 
         return plan_video(opts, payload[1])
     _, path, rel, task, geometry = payload
     with dst.staged() as root:
-        folder, prefix = clip_paths(root, rel, opts, Path(path).suffix)
+        folder, prefix = clip_paths(root, rel, opts)
         clip_task = task_from_json(task)
         results = cut_clips(
             path, clip_task,
@@ -175,7 +175,7 @@ class ClipsJob(TreeJob):
     name = "clips"
     kind = "videos"
     final_stage = "cut"
-    unit = "task"
+    unit = "video"
     outputs_per_item = True  # a cut task's clips are its own
     manifest_fields = [
         pa.field("clip_index", pa.int32()), pa.field("first_frame", pa.int64()),
@@ -203,7 +203,7 @@ class ClipsJob(TreeJob):
                 continue
             _, path, rel, task, _ = payload
             suffix = Path(path).suffix
-            folder, prefix = clip_paths(Path(""), rel, self.opts, suffix)
+            folder, prefix = clip_paths(Path(""), rel, self.opts)
             paths += [clip_output(folder, prefix, c[0], self.opts, suffix) for c in task["clips"]]
         return paths
 

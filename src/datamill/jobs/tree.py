@@ -45,6 +45,10 @@ class TreeJob(Job):
     def files(self) -> Iterator[FileEntry]:
         return walk_files(self.src, self.extensions, self.walk)
 
+    def count(self) -> int:
+        """The files the run will meet: the tree walked ahead (names only, no decoding)."""
+        return sum(1 for _ in walk_files(self.src, self.extensions, WalkStats()))
+
     def item_for(self, entry: FileEntry, payload: Any, **kw: Any) -> Item:
         """The engine's item for a walked file: keyed by its path relative to SRC, with its
         size and mtime (a changed file is redone).  A file whose name is not valid UTF-8

@@ -25,30 +25,8 @@ Fast mode (``fast=True``) lets JPEGs decode at 1/2, 1/4 or 1/8 scale (DCT scalin
 libjpeg) to no less than `FAST_DRAFT_SIDE` pixels a side, and in gray (libjpeg's own luma,
 with no colour conversion), then hashes the same way.  Other formats decode as in exact mode.
 
-Measured by bench/dedup.py (one core, CPU time, best of 7 interleaved rounds, quiet machine;
-Pillow 13, NumPy 2.4, SciPy 1.17), phash only, 300 generated 640x480 JPEGs (q90) read from
-files, images per second:
-
-                                      textured photos, 97 kB    smooth scenes, 26 kB
-    imagehash.phash(Image.open(p))        231    1.00x              302    1.00x
-    hash_image(p)                         275    1.19x              361    1.20x
-    hash_images(paths)                    306    1.33x              429    1.42x
-    hash_image(p, fast=True)              672    2.91x             1309    4.34x
-    hash_images(paths, fast=True)         709    3.07x             1677    5.56x
-    decode alone, gray at 1/8 scale       839    3.64x             2219    7.36x
-
-(textured: scenes plus noise at two scales, like photos; smooth: the scenes alone.)  Exact
-mode does imagehash's work (full decode, then LANCZOS to 32x32: 1.2-1.4 ms of imagehash's ~3)
-plus the sha256 of the bytes, but its LANCZOS gives Pillow's very bits in half the time
-(`datamill.media.resample`: matrix products, from the second picture of a size on), and
-`hash_images` (what the dedup job runs) computes the DCTs of a batch together.  Fast mode
-is bound by libjpeg's entropy decoding, which no scaled decode avoids: on textured photos
-decoding alone is 3.2-3.6x imagehash, and fast mode measured 2.0-3.1x across runs.
-
-Fast against exact mode on the 300 textured photos (identical hashes, mean and largest
-Hamming distance): phash 90%, 0.19, 2; dhash 73%, 0.31, 2; ahash 90%, 0.11, 2; whash 91%,
-0.18, 2.  Smooth pictures: phash 89%, 0.22, 2.  1600x1200 photos: phash 95%, 0.10, 2.
-Drafting to 64 pixels instead of 32 agreed no better on phash (90%, 0.21) at 20% less speed.
+How fast each mode is, and how often fast and exact mode agree, is measured by
+bench/dedup.py (BENCHMARKS.md, Dedup).
 """
 from __future__ import annotations
 

@@ -69,23 +69,8 @@ _SWAPS_SIDES = (5, 6, 7, 8)
 _WHITE = (255, 255, 255)
 # Downscaling: decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that still holds the
 # target, then Pillow's BILINEAR, which shrinks with a triangle filter as wide as the scale
-# (antialiased, as torchvision's default Resize).  Measured (bench/download.py's image mix:
-# 9 sizes from 400x300 to 1600x1200, and photo-like textured JPEGs up to 4000x3000), resize
-# to a short side of 256 and JPEG q95, CPU per image on one core, PSNR of the output against
-# the full decode resized in float by area (OpenCV INTER_AREA) and by a Gaussian low-pass
-# then Lanczos (a neutral reference):
-#                                    server mix                 textured photos
-#                                ms    area  neutral         ms    area  neutral
-#   img2dataset (OpenCV, area)   7.0   36.3   36.5         51.4   40.5   37.9
-#   BOX, draft >= 2x target      5.7   34.9   34.8         26.3   38.4   36.1   (before)
-#   BILINEAR, draft >= 2x        6.8   35.7   37.7         25.4   38.9   41.0
-#   BILINEAR, draft >= 1x        4.5   35.5   37.4         18.9   39.1   40.3   (chosen)
-#   HAMMING, draft >= 1x         4.7   35.4   36.1         19.5   39.3   36.9
-#   LANCZOS, draft >= 1x         7.1   35.3   36.3
-# Pillow's BOX is not an area average at fractional scales (each source pixel counts 0 or 1,
-# by its centre: 31.9 dB against INTER_AREA for 400x300 -> 341x256), so it lost on quality
-# and, drafting twice the target, on time.  With a real low-pass filter the DCT scaling down
-# to the target itself costs nothing measurable.  Enlarging uses BICUBIC.
+# (antialiased, as torchvision's default Resize); enlarging uses BICUBIC.  Why these (time and
+# quality of each filter and draft scale against img2dataset): BENCHMARKS.md, Download.
 _DRAFT_GAP = 1.0
 _DOWNSCALE = Image.Resampling.BILINEAR
 _UPSCALE = Image.Resampling.BICUBIC
