@@ -115,6 +115,11 @@ class ClipWriter(Generic[Unit]):
         self.audio_end: int | None = None  # set once the video is complete
         self.note: str | None = None
 
+    def add_audio_track(self, rate: int, layout: str, first_sample: int) -> None:
+        """Give the clip an audio track, fed source samples from `first_sample` on (at the
+        source's `rate` and `layout`); only writers of media files have one."""
+        raise ValueError(f"{type(self).__name__} writes no audio")
+
     def record(self, first_frame: int, time: float, duration: float) -> None:
         """Account for one more frame, shown from `time` for `duration` seconds."""
         if self.frames == 0:

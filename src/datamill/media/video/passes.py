@@ -6,7 +6,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Generic
+from typing import Any, Callable, Generic, Iterator
 
 import av
 import av.error
@@ -107,6 +107,29 @@ class _Pass(Generic[Unit]):
     def _read(self, container: av.container.InputContainer, streams: list[av.stream.Stream], seeked: bool) -> None:
         raise NotImplementedError
 
+    def _video_packets(
+        self, container: av.container.InputContainer, streams: list[av.stream.Stream], skip_empty: bool
+    ) -> Iterator[av.Packet]:
+        """The video packets the clips still need, read from where `run` seeked to.
+
+        Audio packets go to the clips' audio on the way.  `skip_empty` skips empty and
+        discarded video packets (a decoder needs the empty one that ends the stream, to
+        flush).  Once no clip needs more video, reading goes on only while clips wait for
+        their audio.  Raises SeekMissed (see `_check_seek`).
+        """
+        for packet in container.demux(*streams):
+            if packet.stream is not self.stream:
+                self._on_audio(packet)
+                continue
+            if skip_empty and (packet.size == 0 or packet.is_discard):
+                continue
+            if self._video_done():
+                if not self._wanted(packet):
+                    return
+                continue
+            self._check_seek(packet)
+            yield packet
+
     def _check_seek(self, packet: av.Packet) -> None:
         """Raise SeekMissed if, after seeking, video comes from past the task's keyframe.
 
@@ -156,6 +179,19 @@ class _Pass(Generic[Unit]):
             error_class=error_class,
             message=message,
         )
+
+    def _start(self, clip: ClipSpec, time: float, open_writer: Callable[[], ClipWriter[Unit]]) -> None:
+        """Open `clip`'s writer, which starts at `time`, with an audio track when the pass
+        keeps audio, and make it active; a writer that cannot start fails the clip."""
+        try:
+            writer = open_writer()
+            if self.audio_buffer is not None:
+                writer.add_audio_track(self.audio_buffer.rate, self.audio_buffer.layout, self._sample(time))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            reraise_if_disk_full(exc)
+            self._failed(clip, "encode_error", f"cannot start the clip: {exc}")
+            return
+        self.active.append(writer)
 
     def _video_finished(self, writer: ClipWriter[Unit]) -> None:
         self.active.remove(writer)
@@ -241,15 +277,7 @@ class DecodePass(_Pass[av.VideoFrame]):
         error: str | None = None
         damaged: str | None = None
         try:
-            for packet in container.demux(*streams):
-                if packet.stream is not self.stream:
-                    self._on_audio(packet)
-                    continue
-                if self._video_done():
-                    if not self._wanted(packet):
-                        break
-                    continue
-                self._check_seek(packet)
+            for packet in self._video_packets(container, streams, skip_empty=False):
                 if packet.is_corrupt:  # e.g. the last, cut-off packet of a truncated file
                     damaged = f"damaged packet at {float((packet.pts or 0) * self.time_base):.3f} s"
                 for frame in self.stream.decode(packet):
@@ -263,9 +291,9 @@ class DecodePass(_Pass[av.VideoFrame]):
                     started = True
                     for index, source, source_pts in timeline.push(frame, pts, stop):
                         self._on_frame(index, source, source_pts)
-            else:
-                for index, source, source_pts in timeline.flush(stop):
-                    self._on_frame(index, source, source_pts)
+            # The stream ended (or no clip needs more video, and then this does nothing).
+            for index, source, source_pts in timeline.flush(stop):
+                self._on_frame(index, source, source_pts)
         except av.error.FFmpegError as exc:
             reraise_if_disk_full(exc)
             if not started:
@@ -326,34 +354,31 @@ class DecodePass(_Pass[av.VideoFrame]):
         return self.transform(frame)
 
     def _open(self, clip: ClipSpec, frame: av.VideoFrame, time: float) -> None:
-        plan, path = self.plan, self.out_paths(clip)
-        try:
-            if self.transform is None:
-                self._transform(frame)  # settles the output size
-            assert self.transform is not None
-            size = self.transform.size
-            if plan.fmt == "frames":
-                writer: ClipWriter[av.VideoFrame] = FramesWriter(clip, path, size, plan.jpeg_quality)
-            elif plan.fmt == "npy":
-                writer = NpyWriter(clip, path, size)
-            else:
-                assert plan.settings is not None
-                if self.task.fps is not None:
-                    rate, time_base = self.task.fps, 1 / self.task.fps
-                elif plan.codec == "mpeg4":  # MPEG-4 part 2 wants a small time base: constant rate
-                    rate = self.rate.limit_denominator(65535)
-                    time_base = 1 / rate
-                else:  # the source's timestamps, so variable frame rates survive
-                    rate, time_base = self.rate, self.time_base
-                writer = EncodeWriter(clip, path, size, plan.codec, plan.settings, rate, time_base, plan.threads)
-                if self.audio_buffer is not None:
-                    writer.add_audio_track(self.audio_buffer.rate, self.audio_buffer.layout, self._sample(time))
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            reraise_if_disk_full(exc)
-            self._failed(clip, "encode_error", f"cannot start the clip: {exc}")
-            return
+        path = self.out_paths(clip)
+        self._start(clip, time, lambda: self._writer(clip, path, frame))
+
+    def _writer(self, clip: ClipSpec, path: PathLike, frame: av.VideoFrame) -> ClipWriter[av.VideoFrame]:
+        plan = self.plan
+        if self.transform is None:
+            self._transform(frame)  # settles the output size
+        assert self.transform is not None
+        size = self.transform.size
+        if plan.fmt == "frames":
+            writer: ClipWriter[av.VideoFrame] = FramesWriter(clip, path, size, plan.jpeg_quality)
+        elif plan.fmt == "npy":
+            writer = NpyWriter(clip, path, size)
+        else:
+            assert plan.settings is not None
+            if self.task.fps is not None:
+                rate, time_base = self.task.fps, 1 / self.task.fps
+            elif plan.codec == "mpeg4":  # MPEG-4 part 2 wants a small time base: constant rate
+                rate = self.rate.limit_denominator(65535)
+                time_base = 1 / rate
+            else:  # the source's timestamps, so variable frame rates survive
+                rate, time_base = self.rate, self.time_base
+            writer = EncodeWriter(clip, path, size, plan.codec, plan.settings, rate, time_base, plan.threads)
         writer.note = self.note
-        self.active.append(writer)
+        return writer
 
 
 class CopyPass(_Pass[av.Packet]):
@@ -367,17 +392,7 @@ class CopyPass(_Pass[av.Packet]):
         max_end = 0  # pts + duration of the furthest packet so far
         error: str | None = None
         try:
-            for packet in container.demux(*streams):
-                if packet.stream is not self.stream:
-                    self._on_audio(packet)
-                    continue
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                if self._video_done():
-                    if not self._wanted(packet):
-                        break
-                    continue
-                self._check_seek(packet)
+            for packet in self._video_packets(container, streams, skip_empty=True):
                 if not self._at_seek_keyframe:
                     continue
                 ts = packet.pts if packet.pts is not None else packet.dts
@@ -427,12 +442,4 @@ class CopyPass(_Pass[av.Packet]):
             self._end(error, "decode_error", error + " (clip starts at frame {})")
 
     def _open(self, clip: ClipSpec, time: float) -> None:
-        try:
-            writer = CopyWriter(clip, self.out_paths(clip), self.stream)
-            if self.audio_buffer is not None:
-                writer.add_audio_track(self.audio_buffer.rate, self.audio_buffer.layout, self._sample(time))
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            reraise_if_disk_full(exc)
-            self._failed(clip, "encode_error", f"cannot start the clip: {exc}")
-            return
-        self.active.append(writer)
+        self._start(clip, time, lambda: CopyWriter(clip, self.out_paths(clip), self.stream))
