@@ -149,6 +149,18 @@ def test_retry_failed_recovers_into_new_shards_keeping_keys(server, tmp_path):
     assert not (tmp_path / "out" / "failed_urls.txt").read_text().strip()
 
 
+def test_retry_failed_http_5xx_retries_every_server_error_and_no_other(server, tmp_path):
+    (tmp_path / "urls.txt").write_text(server.url("status/503") + "\n" + server.url("status/404"))
+    no_retry = FetchOptions(timeout=2, retries=0)
+    download(tmp_path / "urls.txt", tmp_path / "out", fetch=no_retry, quiet=True)
+    assert sorted(r["reason"] for r in manifest(tmp_path / "out").values()) == ["http_404", "http_503"]
+    before = server.count("/status/503"), server.count("/status/404")
+    again = download(tmp_path / "urls.txt", tmp_path / "out", fetch=no_retry, quiet=True,
+                     retry_failed={"http_5xx"})
+    assert again.stats["this_run"]["items"] == 1
+    assert (server.count("/status/503"), server.count("/status/404")) == (before[0] + 1, before[1])
+
+
 def test_csv_gz_input_with_captions_and_kept_columns_to_files_and_parquet(server, tmp_path):
     lines = ["url,text,license,id"] + [f"{server.url(f'img/{i}.jpg')},caption {i} é,cc-by,{i}"
                                        for i in range(5)]

@@ -15,7 +15,7 @@ import pytest
 
 from datamill import pmap
 from datamill.engine.errors import UsageError
-from datamill.engine.executor import Executor
+from datamill.engine.executors import Executor
 from datamill.engine.run import RunOptions, run_job
 from datamill.engine.scheduler import Scheduler
 from datamill.engine.task import Crash, Done, TaskRunner
@@ -265,6 +265,17 @@ def test_usage_errors(tmp_path):
         run_job(UpperJob(src, tmp_path / "file" / "dst"))
 
 
+def test_an_option_the_executor_does_not_take_is_a_usage_error_naming_it(tmp_path):
+    src = _tree(tmp_path / "src", {"a.txt": "x"})
+    for executor in ("serial", "local"):
+        opts = RunOptions(executor=executor, executor_options={"colour": "red"}, quiet=True)
+        with pytest.raises(UsageError, match=f"the {executor} executor takes no option 'colour'"):
+            run_job(UpperJob(src, tmp_path / "dst"), opts)
+    assert not (tmp_path / "dst" / "_datamill" / "state.sqlite").exists()
+    with pytest.raises(UsageError, match="unknown executor 'spark'"):
+        run_job(UpperJob(src, tmp_path / "dst"), RunOptions(executor="spark"))
+
+
 def test_unwritable_dst_as_an_unprivileged_user(tmp_path):
     if os.geteuid() != 0:
         locked = tmp_path / "locked"
@@ -361,8 +372,9 @@ def _shard_batch(task, payloads):
 
 
 def test_batch_runner_gets_whole_tasks_and_a_killer_is_isolated_by_halves():
+    from datamill.engine.executors.local import LocalExecutor
     items = [f"i{n}" for n in range(40)] + ["bad", "small", "kill"]
-    sched = Scheduler(__import__("datamill.engine.local", fromlist=["x"]).LocalExecutor(2),
+    sched = Scheduler(LocalExecutor(2),
                       TaskRunner(batch_fn=_shard_batch), ((p, p) for p in items),
                       retries=0, batch_size=16, first_task_id=100)
     try:
@@ -389,7 +401,7 @@ def _reporting_batch(task, payloads):
 
 
 def test_batch_runners_report_outcomes_as_they_happen():
-    from datamill.engine.local import LocalExecutor
+    from datamill.engine.executors.local import LocalExecutor
     ex = LocalExecutor(2)
     assert list(Scheduler(ex, TaskRunner(batch_fn=_reporting_batch), ((i, i) for i in range(40)),
                           retries=0, batch_size=8))
@@ -418,7 +430,7 @@ def test_batch_runner_naming_its_running_item_loses_only_that_item(tmp_path):
     """`task.start(i)` makes a batch runner's crash or deadline cost one item, found at
     once (not by halving the task), as with a per-item function."""
     import functools
-    from datamill.engine.local import LocalExecutor
+    from datamill.engine.executors.local import LocalExecutor
     log = tmp_path / "calls.txt"
     items = [f"i{n}" for n in range(14)] + ["kill"] + [f"j{n}" for n in range(16)] + ["hang"]
     sched = Scheduler(LocalExecutor(2), TaskRunner(batch_fn=functools.partial(_naming_batch, log)),
@@ -454,8 +466,8 @@ def test_task_ids_continue_across_runs(tmp_path):
 def test_jobs_learn_the_cores_each_worker_has(tmp_path, monkeypatch):
     """Video codecs size their threads by `job.cores_per_worker`: the machine's cores shared
     among the workers (one each when every core runs a worker), all of them for one worker."""
-    from datamill.engine.local import LocalExecutor
-    from datamill.engine.serial import SerialExecutor
+    from datamill.engine.executors.local import LocalExecutor
+    from datamill.engine.executors.serial import SerialExecutor
     from datamill.jobs.clips import ClipsJob
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert LocalExecutor(2).cores_per_worker() == 4

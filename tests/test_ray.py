@@ -15,7 +15,8 @@ import pytest
 
 import datamill
 from datamill import pmap
-from datamill.engine.executor import get_executor
+from datamill.engine.errors import UsageError
+from datamill.engine.executors import get_executor
 from datamill.engine.scheduler import Scheduler
 from datamill.engine.task import TaskRunner
 from datamill.io.http import FetchOptions
@@ -114,9 +115,17 @@ def test_a_task_past_its_deadline_is_cancelled_and_split():
 
 def test_without_ray_the_executor_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
-    monkeypatch.delitem(sys.modules, "datamill.engine.ray")
+    monkeypatch.delitem(sys.modules, "datamill.engine.executors.ray")
     with pytest.raises(ImportError, match=r"pip install 'datamill\[ray\]'"):
         get_executor("ray")
+
+
+def test_the_ray_executor_refuses_an_option_it_does_not_take_naming_it():
+    with pytest.raises(UsageError, match="the ray executor takes no option 'colour' "
+                                         r"\(its options are address, cpus_per_task"):
+        get_executor("ray", colour="red")
+    with pytest.raises(UsageError, match="cpus_per_task must be more than 0"):
+        get_executor("ray", cpus_per_task=0)
 
 
 def test_importing_datamill_does_not_import_ray():

@@ -52,8 +52,9 @@ def run_options(kw: dict[str, Any]) -> RunOptions:
     """Take the engine options out of a command's keyword arguments."""
     retry = kw.pop("retry_failed")
     return RunOptions(
-        workers=kw.pop("workers"), executor=kw.pop("executor"), ray_address=kw.pop("ray_address"),
-        cpus_per_task=kw.pop("cpus_per_task"), state_dir=kw.pop("state_dir"),
+        workers=kw.pop("workers"), executor=kw.pop("executor"),
+        executor_options={"address": kw.pop("ray_address"),
+                          "cpus_per_task": kw.pop("cpus_per_task")}, state_dir=kw.pop("state_dir"),
         quiet=kw.pop("quiet"), overwrite=kw.pop("overwrite"), limit=kw.pop("limit"),
         allow_existing=kw.pop("allow_existing"), break_lock=kw.pop("break_lock"),
         dry_run=kw.pop("dry_run"), timeout=kw.pop("timeout"), retries=kw.pop("retries"),

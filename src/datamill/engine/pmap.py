@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .executor import get_executor
+from .executors import get_executor
 from .scheduler import Result, run_items
 from .task import TaskRunner
 

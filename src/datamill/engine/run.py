@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
 from .errors import OutputTaken, SystemicFailure, UsageError
-from .executor import Executor, WorkerInitError, default_workers, get_executor
+from .executors import Executor, WorkerInitError, default_workers, get_executor
 from .fault import fault
 from .job import Item, Job
 from .ledger import PENDING, ItemState, Ledger
@@ -58,8 +58,7 @@ class RunOptions:
     failure_ratio: float = 0.95
     progress_interval: float = 10.0
     grace: float = 5.0
-    ray_address: str | None = None
-    cpus_per_task: float | None = None
+    executor_options: dict[str, Any] = field(default_factory=dict)  # the executor's own options
     state_dir: str | os.PathLike | None = None  # the ledger's folder (default: see storage.py)
     allow_existing: bool = False  # write into a non-empty DST that is not a datamill folder
     break_lock: bool = False  # take over a lock held from another host
@@ -162,16 +161,10 @@ def warn_oversubscribed(opts: RunOptions) -> None:
 
 
 def make_executor(opts: RunOptions) -> Executor:
-    """The executor the options ask for; a missing optional dependency is a usage error."""
-    extra: dict[str, Any] = {}
-    if opts.ray_address:
-        extra["address"] = opts.ray_address
-    if opts.cpus_per_task is not None:
-        extra["cpus_per_task"] = opts.cpus_per_task
-    if extra and opts.executor != "ray":
-        raise UsageError("--ray-address and --cpus-per-task go with --executor ray")
+    """The executor the options ask for, with its own options (it refuses those it does not
+    take); a missing optional dependency is a usage error."""
     try:
-        return get_executor(opts.executor, opts.workers, **extra)
+        return get_executor(opts.executor, opts.workers, **opts.executor_options)
     except ImportError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -443,8 +436,7 @@ class _Run:
         rf = self.opts.retry_failed
         if isinstance(rf, bool):
             return rf
-        return any(error_class == c or (c.endswith("_5xx") and (error_class or "").startswith("http_5"))
-                   for c in rf)
+        return any(self.job.retry_matches(c, error_class) for c in rf)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, executor: Executor) -> RunReport:
@@ -543,15 +535,10 @@ class _Run:
                 f"{self.ledger.path}); free some space and run the same command again to resume")
 
     def _check_nodes(self, executor: Executor) -> None:
-        """Workers on several machines write DST themselves: a local path must be one folder
-        that every machine mounts at the same path."""
-        nodes = executor.nodes()
-        if nodes > 1 and not self.job.dst.is_remote:
-            log.warning(
-                "warning: the Ray cluster has %d nodes and DST %s is a local path: every node "
-                "writes its outputs there, so it must be a shared filesystem mounted at the "
-                "same path on every node (else outputs end up scattered over the nodes' disks); "
-                "or give an fsspec URL (s3://bucket/prefix) as DST", nodes, self.job.dst)
+        """Workers write DST themselves: a local path must be the same folder for each of them
+        (an executor whose workers may run on other machines warns about it)."""
+        if not self.job.dst.is_remote:
+            executor.check_shared_path(str(self.job.dst))
 
     def _drain(self) -> None:
         try:

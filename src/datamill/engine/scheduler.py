@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import OutputTaken
-from .executor import Executor, TaskEncodingError
+from .executors import Executor, TaskEncodingError
 from .task import FAILED, FILTERED, OK, Crash, Done, ErrorInfo, TaskRunner, WorkItem
 
 

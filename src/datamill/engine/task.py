@@ -7,13 +7,15 @@ data; only the death of a whole worker (or its deadline) is seen by the driver a
 from __future__ import annotations
 
 import errno
-import time
 import traceback as tb
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import Filtered, ItemError
 from .fault import fault
+
+if TYPE_CHECKING:
+    from .executors.base import WorkerStatus
 
 OK, FILTERED, FAILED = "ok", "filtered", "failed"
 
@@ -92,9 +94,10 @@ class TaskRunner:
     within a job folder, across runs, so it can name shards.
 
     `initializer(*initargs)` runs once per worker process before its first task (load a model,
-    open a resource).  With `status` (a shared array of doubles) the runner publishes which
-    item it is on and since when, so the driver can enforce deadlines and name the item that
-    killed a worker (a batch publishes -1: the item is not known).
+    open a resource).  With `status` (its worker's `WorkerStatus`, engine/executors/base.py)
+    the runner publishes which item it is on and since when, so the driver can enforce
+    deadlines and name the item that killed a worker (a batch publishes -1: the item is not
+    known).
     """
 
     def __init__(self, fn: Callable[[Any], Any] | None = None,
@@ -111,35 +114,32 @@ class TaskRunner:
         if self.initializer is not None:
             self.initializer(*self.initargs)
 
-    def run(self, payloads: Sequence[Any], status: Any = None, base: int = 0,
-            task_id: int = 0) -> list:
-        out = self._run(payloads, status, base, task_id)
+    def run(self, payloads: Sequence[Any], task_id: int = 0,
+            status: WorkerStatus | None = None) -> list:
+        out = self._run(payloads, task_id, status)
         fault("task-end")
         return out
 
-    def _run(self, payloads: Sequence[Any], status: Any, base: int, task_id: int) -> list:
+    def _run(self, payloads: Sequence[Any], task_id: int, status: WorkerStatus | None) -> list:
         if self.batch_fn is not None:
-            return self._run_batch(list(payloads), status, base, task_id)
+            return self._run_batch(list(payloads), task_id, status)
         fn = self.fn
         out = []
         append = out.append
-        clock = time.monotonic
         for i, payload in enumerate(payloads):
             if status is not None:
-                status[base + 1] = i
-                status[base + 2] = clock()
+                status.begin_item(i)
             try:
                 append((OK, fn(payload), None))
             except Exception as exc:  # noqa: BLE001 - every item failure is data
                 append(failed_with(exc))
         return out
 
-    def _run_batch(self, payloads: list, status: Any, base: int, task_id: int) -> list:
+    def _run_batch(self, payloads: list, task_id: int, status: WorkerStatus | None) -> list:
         if status is not None:
-            status[base + 1] = -1
-            status[base + 2] = time.monotonic()
+            status.begin_item(-1)
         try:
-            results = list(self.batch_fn(TaskContext(task_id, status, base), payloads))
+            results = list(self.batch_fn(TaskContext(task_id, status), payloads))
             if len(results) != len(payloads):
                 raise RuntimeError(f"batch function returned {len(results)} results for "
                                    f"{len(payloads)} items")
@@ -151,30 +151,27 @@ class TaskRunner:
 class TaskContext:
     """What a batch function knows of its task: its id, and a way to report progress."""
 
-    __slots__ = ("id", "_status", "_base", "done")
+    __slots__ = ("id", "_status", "done")
 
-    def __init__(self, task_id: int, status: Any = None, base: int = 0):
+    def __init__(self, task_id: int, status: WorkerStatus | None = None):
         self.id = task_id
         self._status = status
-        self._base = base
         self.done = 0
 
     def start(self, index: int) -> None:
         """Say that item `index` of the task runs now: a crash or a deadline then costs that
         item alone (as with a per-item `fn`), not the whole task."""
         if self._status is not None:
-            self._status[self._base + 1] = index
-            self._status[self._base + 2] = time.monotonic()
+            self._status.begin_item(index)
 
     def advance(self, n: int = 1, outcome: str | None = None, nbytes: int = 0) -> None:
         """`n` more items of the task are done; `outcome` ("ok", "filtered", "failed") and
         `nbytes` let the progress line show the success rate and MB/s as they happen."""
         self.done += n
         if self._status is not None:
-            self._status[self._base + 3] = self.done
+            self._status.set_done(self.done)
             if outcome is not None:
-                self._status[self._base + (4 if outcome == OK else 5)] += n
-                self._status[self._base + 6] += nbytes
+                self._status.add_outcomes(outcome == OK, n, nbytes)
 
 
 def ok(value: Any) -> tuple:

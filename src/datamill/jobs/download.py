@@ -228,6 +228,12 @@ class DownloadJob(Job):
         return [f"images in {self.dst} as {self.opts.output_format} shards"] + (
             [f"{n} failed URLs listed in failed_urls.txt (usable as a new input)"] if n else [])
 
+    def retry_matches(self, asked: str, error_class: str | None) -> bool:
+        """`http_5xx` names every server error (http_500, http_503, ...)."""
+        if asked == "http_5xx":
+            return (error_class or "").startswith("http_5")
+        return asked == error_class
+
 
 def _chunks(rows: Iterator[Any], n: int) -> Iterator[list]:
     """Lists of `n` rows; when reading fails, the rows read before come first."""

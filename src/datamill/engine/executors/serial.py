@@ -9,15 +9,15 @@ import time
 from collections import deque
 from typing import Any, Sequence
 
-from .executor import Executor, WorkerInitError
-from .task import Done, TaskRunner, error_info
+from ..task import Done, TaskRunner, error_info
+from .base import Executor, WorkerInitError
 
 
 class SerialExecutor(Executor):
     name = "serial"
 
-    def __init__(self) -> None:
-        super().__init__(1)
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(1)  # one, whatever `workers` says
         self._queue: deque = deque()
         self._runner: TaskRunner | None = None
 

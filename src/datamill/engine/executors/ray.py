@@ -15,6 +15,9 @@ worker, so the crash names no culprit and the scheduler splits the task in halve
 item that kills workers is alone.  A task past its deadline (the item deadline times its
 items, for a batch runner the deadline itself, plus `slack` for a worker to start) is
 cancelled, killing its worker, and split the same way.
+
+Workers on several nodes write their outputs themselves: a local DST must then be a shared
+filesystem, which `check_shared_path` warns about.
 """
 from __future__ import annotations
 
@@ -27,10 +30,11 @@ from typing import Any, Sequence
 
 import ray
 
-from .executor import Executor, TaskEncodingError, WorkerInitError
-from .local import PREFETCH, _dumps
-from .task import FAILED, Crash, Done, TaskRunner, error_info, picklable_results
+from ..errors import UsageError
+from ..task import FAILED, Crash, Done, TaskRunner, error_info
+from .base import Executor, WorkerInitError, dumps, dumps_results, dumps_task
 
+log = logging.getLogger("datamill")
 SLACK = 10.0  # seconds added to a task's deadline: a worker process may have to start first
 
 _RUNNER: dict[str, TaskRunner] = {}  # in a Ray worker: the current job's runner, initialised
@@ -48,22 +52,18 @@ def _run_task(runner_box: list, task_id: int, blob: bytes) -> bytes:
         try:
             runner = ray.get(runner_box[0])
         except Exception as exc:  # noqa: BLE001 - e.g. its module is not installed on this node
-            return _dumps(("init_error", f"the function cannot be loaded on a Ray worker: "
+            return dumps(("init_error", f"the function cannot be loaded on a Ray worker: "
                                          f"{error_info(exc)}"))
         try:
             runner.initialize()
         except Exception as exc:  # noqa: BLE001
-            return _dumps(("init_error", f"the worker initializer failed: {error_info(exc)}"))
+            return dumps(("init_error", f"the worker initializer failed: {error_info(exc)}"))
         _RUNNER.clear()
         _RUNNER[key] = runner
     payloads = pickle.loads(blob)
     start = time.monotonic()
     results = runner.run(payloads, task_id=task_id)
-    seconds = time.monotonic() - start
-    try:
-        return _dumps(("done", results, seconds))
-    except Exception:  # noqa: BLE001 - name the item whose result cannot be pickled
-        return _dumps(("done", picklable_results(results, _dumps), seconds))
+    return dumps_results("done", results, time.monotonic() - start)
 
 
 _remote_task = ray.remote(_run_task)
@@ -81,7 +81,8 @@ class RayExecutor(Executor):
 
     `workers`: CPUs to use; by default one per core of a local instance, or every CPU of an
     existing cluster.  `cpus_per_task`: the CPUs Ray reserves for one task.  `max_retries`:
-    Ray's reruns of a task whose worker or node was lost.
+    Ray's reruns of a task whose worker or node was lost.  `slack`: seconds added to a
+    task's deadline.
     """
 
     name = "ray"
@@ -89,6 +90,8 @@ class RayExecutor(Executor):
     def __init__(self, workers: int | None = None, *, address: str | None = None,
                  cpus_per_task: float = 1.0, max_retries: int = 1, slack: float = SLACK):
         super().__init__(workers)
+        if not cpus_per_task > 0:
+            raise UsageError(f"cpus_per_task must be more than 0, not {cpus_per_task}")
         self._workers_given = workers is not None
         self.address = address
         self.cpus_per_task = cpus_per_task
@@ -96,7 +99,6 @@ class RayExecutor(Executor):
         self.slack = slack
         self._owns_ray = False
         self._slots = 1
-        self._prefetch = PREFETCH
         self._per_item_deadline = True
         self._timeout: float | None = None
         self._runner_box: list = []
@@ -104,7 +106,7 @@ class RayExecutor(Executor):
         self._inflight: dict[Any, _Task] = {}  # object ref -> task, in the order submitted
 
     def cores_per_worker(self) -> int:
-        return max(1, int(self.cpus_per_task or 1))  # what Ray reserves for each task
+        return max(1, int(self.cpus_per_task))  # what Ray reserves for each task
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self, runner: TaskRunner, timeout: float | None = None) -> None:
@@ -145,21 +147,21 @@ class RayExecutor(Executor):
             self._owns_ray = False
         return finished
 
-    def nodes(self) -> int:
-        return max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    def check_shared_path(self, path: str) -> None:
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        if nodes > 1:
+            log.warning(
+                "warning: the Ray cluster has %d nodes and DST %s is a local path: every node "
+                "writes its outputs there, so it must be a shared filesystem mounted at the "
+                "same path on every node (else outputs end up scattered over the nodes' disks); "
+                "or give an fsspec URL (s3://bucket/prefix) as DST", nodes, path)
 
     # -- scheduling -----------------------------------------------------------------------
-    def set_prefetch(self, tasks_per_worker: int) -> None:
-        self._prefetch = max(1, tasks_per_worker)
-
     def free_slots(self) -> int:
-        return max(0, self._slots * self._prefetch - len(self._inflight))
+        return max(0, self._slots * self.prefetch - len(self._inflight))
 
     def submit(self, task_id: int, payloads: Sequence[Any]) -> None:
-        try:
-            blob = _dumps(list(payloads))
-        except Exception as exc:  # noqa: BLE001
-            raise TaskEncodingError(f"cannot pickle the item: {exc}") from exc
+        blob = dumps_task(list(payloads))
         ref = self._task.remote(self._runner_box, task_id, blob)
         self._inflight[ref] = _Task(task_id, len(payloads))
         self._start_clocks()

@@ -3,8 +3,8 @@
 Each worker has its own task queue and its own result pipe, so the driver always knows which
 tasks a worker holds: when a worker dies (segfault, SIGKILL, OOM kill) only those tasks are
 affected, and a new worker takes its place.  Workers publish the item they are on in a
-shared array; the driver uses it to kill an item that runs past its deadline and to name the
-item that was running when a worker died.
+shared array (`WorkerStatus`); the driver uses it to kill an item that runs past its
+deadline and to name the item that was running when a worker died.
 
 Workers are forked, so the user's function and initializer need not be picklable (a lambda
 works); task payloads and results are pickled.
@@ -30,22 +30,12 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Sequence
 
-from .executor import Executor, TaskEncodingError, WorkerInitError
-from .task import Crash, Done, TaskRunner, error_info, picklable_results
-
-PREFETCH = 2  # tasks held by one worker for short tasks: one running, one ready to start
-_FIELDS = 7  # per worker in the status array: task id, item index, item start (monotonic),
-# items a batch has finished so far; then, over all its tasks, items a batch runner reported
-# as succeeded, as not succeeded, and their bytes (for progress as it happens)
-
+from ..task import Crash, Done, TaskRunner, error_info
+from .base import Executor, WorkerInitError, WorkerStatus, dumps, dumps_results, dumps_task
 
 _DRIVER_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the driver decides how to stop
 _PR_SET_PDEATHSIG = 1
 WATCH_INTERVAL = 0.5  # seconds between a worker's checks that its driver is alive
-
-
-def _dumps(obj: Any) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,7 +73,7 @@ def _watch_driver(driver: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _worker_main(runner: TaskRunner, slot: int, tasks: Any, conn: Any, status: Any,
+def _worker_main(runner: TaskRunner, tasks: Any, conn: Any, status: WorkerStatus,
                  stopping: Any, driver: int, parent_death_signal: bool) -> None:
     # The driver forked us with these signals blocked: a Ctrl-C that arrived meanwhile is
     # discarded here instead of raising KeyboardInterrupt in a half-started worker.
@@ -94,31 +84,26 @@ def _worker_main(runner: TaskRunner, slot: int, tasks: Any, conn: Any, status: A
     try:
         runner.initialize()
     except BaseException as exc:  # noqa: BLE001
-        conn.send_bytes(_dumps(("init_error", str(error_info(exc)))))
+        conn.send_bytes(dumps(("init_error", str(error_info(exc)))))
         return
-    base = slot * _FIELDS
     clock = time.monotonic
     while True:
         blob = tasks.get()
         if blob is None or stopping.is_set():
             return
         task_id, payloads = pickle.loads(blob)
-        status[base + 3] = 0
-        status[base] = task_id
+        status.begin_task(task_id)
         start = clock()
-        results = runner.run(payloads, status, base, task_id)
+        results = runner.run(payloads, task_id, status)
         seconds = clock() - start
-        status[base] = -1
-        try:
-            data = _dumps((task_id, results, seconds))
-        except Exception:  # noqa: BLE001 - name the item whose result cannot be pickled
-            data = _dumps((task_id, picklable_results(results, _dumps), seconds))
-        conn.send_bytes(data)
+        status.end_task()
+        conn.send_bytes(dumps_results(task_id, results, seconds))
 
 
 class _Worker:
-    def __init__(self, slot: int, proc: Any, tasks: Any, conn: Any):
+    def __init__(self, slot: int, status: WorkerStatus, proc: Any, tasks: Any, conn: Any):
         self.slot = slot
+        self.status = status
         self.proc = proc
         self.tasks = tasks
         self.conn = conn
@@ -134,15 +119,14 @@ class LocalExecutor(Executor):
         self._workers: list[_Worker] = []
         self._runner: TaskRunner | None = None
         self._timeout: float | None = None
-        self._status = None
+        self._status: list[WorkerStatus] = []  # by slot, kept when a worker is replaced
         self._stopping = None
-        self._prefetch = PREFETCH
 
     # -- life cycle ---------------------------------------------------------------------
     def start(self, runner: TaskRunner, timeout: float | None = None) -> None:
         self._runner = runner
         self._timeout = timeout
-        self._status = self._ctx.RawArray("d", [-1.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0] * self.workers)
+        self._status = WorkerStatus.shared(self._ctx, self.workers)
         self._stopping = self._ctx.Event()
         _prctl()  # load libc once here, not in every worker
         self._workers = [self._spawn(slot) for slot in range(self.workers)]
@@ -150,12 +134,12 @@ class LocalExecutor(Executor):
     def _spawn(self, slot: int) -> _Worker:
         tasks = self._ctx.Queue()
         reader, writer = self._ctx.Pipe(duplex=False)
-        base = slot * _FIELDS
-        self._status[base] = -1
+        status = self._status[slot]
+        status.end_task()
         from_main_thread = threading.current_thread() is threading.main_thread()
         proc = self._ctx.Process(
             target=_worker_main, name=f"datamill-worker-{slot}", daemon=True,
-            args=(self._runner, slot, tasks, writer, self._status, self._stopping,
+            args=(self._runner, tasks, writer, status, self._stopping,
                   os.getpid(), from_main_thread))
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _DRIVER_SIGNALS)
         try:
@@ -163,7 +147,7 @@ class LocalExecutor(Executor):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         writer.close()
-        return _Worker(slot, proc, tasks, reader)
+        return _Worker(slot, status, proc, tasks, reader)
 
     def shutdown(self, cancel: bool = False, grace: float = 0.0) -> list[Done]:
         finished: list[Done] = []
@@ -171,7 +155,7 @@ class LocalExecutor(Executor):
             self._stopping.set()  # workers begin no new task
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(
-                    w.held and self._status[w.slot * _FIELDS] >= 0 for w in self._workers):
+                    w.held and w.status.task >= 0 for w in self._workers):
                 finished += [d for d in self.poll(0.1) if d.crash is None]
         for w in self._workers:
             try:
@@ -195,26 +179,19 @@ class LocalExecutor(Executor):
         w.tasks.close()
 
     # -- scheduling -----------------------------------------------------------------------
-    def set_prefetch(self, tasks_per_worker: int) -> None:
-        self._prefetch = max(1, tasks_per_worker)
-
     def free_slots(self) -> int:
-        return sum(max(0, self._prefetch - len(w.held)) for w in self._workers)
+        return sum(max(0, self.prefetch - len(w.held)) for w in self._workers)
 
     def in_progress(self) -> int:
-        return sum(int(self._status[w.slot * _FIELDS + 3]) for w in self._workers
-                   if w.held and self._status[w.slot * _FIELDS] == w.held[0])
+        return sum(w.status.done for w in self._workers if w.held and w.status.task == w.held[0])
 
     def outcomes_so_far(self) -> tuple[int, int, int] | None:
-        s = self._status
-        ok, other, nbytes = (int(sum(s[slot * _FIELDS + k] for slot in range(self.workers))) for k in (4, 5, 6))
+        totals = [status.outcomes() for status in self._status]
+        ok, other, nbytes = (sum(t[k] for t in totals) for k in range(3))
         return (ok, other, nbytes) if ok or other else None
 
     def submit(self, task_id: int, payloads: Sequence[Any]) -> None:
-        try:
-            blob = _dumps((task_id, payloads))
-        except Exception as exc:  # noqa: BLE001
-            raise TaskEncodingError(f"cannot pickle the item: {exc}") from exc
+        blob = dumps_task((task_id, payloads))
         worker = min(self._workers, key=lambda w: len(w.held))
         worker.held.append(task_id)
         worker.tasks.put(blob)
@@ -277,9 +254,8 @@ class LocalExecutor(Executor):
 
     def _replace(self, w: _Worker, done: list[Done], message: str, reason: str) -> None:
         """Report the tasks `w` held as crashed, and start a new worker in its slot."""
-        base = w.slot * _FIELDS
-        running = int(self._status[base])
-        index = int(self._status[base + 1])
+        running = w.status.task
+        index = w.status.item
         culprit = index if index >= 0 else None
         for i, task_id in enumerate(w.held):
             started = i == 0 and running == task_id
@@ -298,8 +274,7 @@ class LocalExecutor(Executor):
     def _enforce_deadline(self, done: list[Done]) -> None:
         now = time.monotonic()
         for w in list(self._workers):
-            base = w.slot * _FIELDS
-            if w.held and self._status[base] == w.held[0] and now - self._status[base + 2] > self._timeout:
+            if w.held and w.status.task == w.held[0] and now - w.status.since > self._timeout:
                 w.proc.kill()
                 self._replace(w, done, f"the item ran past its deadline of {self._timeout:g} s",
                               "timeout")
