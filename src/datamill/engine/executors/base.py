@@ -8,18 +8,19 @@ option is a usage error that names it.
 
     ex = get_executor("local", workers=2)
     ex.start(TaskRunner(fn), timeout=30)
-    ex.check_shared_path("/data/out")        # workers write there: warn if not every one can
+    ex.check_shared_path("/data/out")        # a local DST: warns unless every worker sees it
     while ex.free_slots():
         ex.submit(task_id, payloads)          # raises TaskEncodingError if unpicklable
     for done in ex.poll(0.5):                 # finished tasks, or crashes of whole tasks
         ...
     ex.shutdown(cancel=False)
 
-Every executor implements `start`, `free_slots`, `submit`, `poll` and `shutdown`; these have
-defaults that an executor overrides when it can do better: `set_prefetch` (how many tasks a
-worker may hold), `cores_per_worker` (for work that uses threads), `in_progress` and
-`outcomes_so_far` (progress inside running tasks), `check_shared_path` (for workers that
-run on other machines).
+Every executor implements the five abstract methods `start`, `free_slots`, `submit`, `poll`
+and `shutdown`.  The other five have defaults, overridden where an executor can do better:
+`set_prefetch` (how many tasks a worker may hold), `cores_per_worker` (for work that uses
+threads), `in_progress` and `outcomes_so_far` (progress inside running tasks) and
+`check_shared_path` (for workers on other machines).  The class method `create` builds an
+executor from its options; `get_executor` calls it.
 """
 from __future__ import annotations
 
@@ -182,8 +183,9 @@ class WorkerStatus:
 
     def begin_item(self, index: int) -> None:
         """Item `index` of the task runs from now (-1: the whole batch, no item named)."""
-        self.array[self.base + self.ITEM] = index
-        self.array[self.base + self.SINCE] = time.monotonic()
+        array, base = self.array, self.base
+        array[base + 1] = index  # ITEM (this runs once per item: no attribute look-ups)
+        array[base + 2] = time.monotonic()  # SINCE
 
     def set_done(self, n: int) -> None:
         self.array[self.base + self.DONE] = n
