@@ -508,3 +508,32 @@ def test_many_more_workers_than_cores_are_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="datamill"):
         run_job(UpperJob(src, tmp_path / "dst"), RunOptions(quiet=True, workers=(os.cpu_count() or 1) * 3))
     assert "take turns on the cores" in caplog.text
+
+
+class _CountedUpperJob(UpperJob):
+    def count(self):
+        return sum(1 for _ in self.items())
+
+
+def test_progress_knows_the_total_and_shows_an_eta_counting_earlier_runs(tmp_path, capfd):
+    src = _tree(tmp_path / "src", {f"f{i:02d}.txt": "SLOW" for i in range(20)})
+    dst = tmp_path / "dst"
+    assert run_job(_CountedUpperJob(src, dst), RunOptions(limit=8, quiet=True)).ok
+    capfd.readouterr()
+    report = run_job(_CountedUpperJob(src, dst), RunOptions(workers=1, progress_interval=0.3))
+    assert report.ok
+    lines = [x for x in capfd.readouterr().err.splitlines() if x.startswith("datamill upper:")]
+    assert lines, "no progress line"
+    assert any("/20 items done (8 by earlier runs)" in x and "ETA " in x for x in lines), lines
+
+
+def test_the_summary_and_counts_speak_in_the_inputs_units(tmp_path):
+    import datamill
+    from datamill.media.synthetic import make_corrupt_file, make_video
+    src = tmp_path / "src"
+    make_video(src / "a.mp4", frames=40, size=(64, 48))
+    make_video(src / "b.mp4", frames=40, size=(64, 48))
+    make_corrupt_file(src / "c.mp4")
+    report = datamill.clips(src, tmp_path / "dst", frames=8, quiet=True)
+    assert report.counts == {"ok": 2, "filtered": 0, "failed": 1}  # videos, not clip ranges
+    assert json.loads((tmp_path / "dst" / "stats.json").read_text())["counts"]["ok"] == 2

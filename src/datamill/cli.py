@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .engine.errors import UsageError
-from .engine.executor import EXECUTORS
+from .engine.executors import EXECUTORS
 from .engine.job import Job
 from .engine.run import EXIT_USAGE, RunOptions, run_job
 

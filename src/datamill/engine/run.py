@@ -17,6 +17,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 import time
 import uuid
 from collections import Counter, deque
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
 from .errors import OutputTaken, SystemicFailure, UsageError
-from .executors import Executor, WorkerInitError, default_workers, get_executor
+from .executors import Executor, WorkerInitError, get_executor
 from .fault import fault
 from .job import Item, Job
 from .ledger import PENDING, ItemState, Ledger
@@ -96,7 +97,6 @@ def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
         return _dry_run(job, opts)
     check_dst_is_ours(job, opts.allow_existing)
     job.validate()
-    warn_oversubscribed(opts)
     executor = make_executor(opts)
     lock = StateLock(job.state_dir, str(job.dst))
     lock.acquire(opts.break_lock)
@@ -150,14 +150,6 @@ def check_owner(ledger: Ledger, job: Job) -> None:
             f"DST {job.dst} is written by the ledger of host {owner.get('host')} in "
             f"{owner.get('state_dir')}, not by this one ({mine['state_dir']}): run from there, "
             "or give that --state-dir")
-
-
-def warn_oversubscribed(opts: RunOptions) -> None:
-    cores = default_workers()
-    if opts.executor == "local" and opts.workers and opts.workers > 2 * cores:
-        log.warning("warning: --workers %d on %d cores: the workers take turns on the cores, "
-                    "so each item takes longer and memory grows with the workers; the default "
-                    "is one worker per core", opts.workers, cores)
 
 
 def make_executor(opts: RunOptions) -> Executor:
@@ -295,6 +287,8 @@ class _Run:
         self.found_top = 0
         self.input_error: str | None = None  # reading the input failed part-way
         self.last_task: int | None = None
+        self.open: dict[str, list] = {}  # top-level key -> [items still to run, worst status]
+        self.reasons: dict[str, str | None] = {}  # top-level key -> its first failure class
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
@@ -335,15 +329,51 @@ class _Run:
             if st is not None and st.same_source(it.size, it.mtime):
                 if st.status in (OK, FILTERED):
                     self.skipped_done += 1
+                    follow: list[Item] = []
                     if st.status == OK and it.stage != self.job.final_stage:
-                        yield from self._fresh(self._expand(it, json.loads(st.records)))
+                        follow = list(self._fresh(self._expand(it, json.loads(st.records))))
+                    self._opened(it, OK, len(follow), now=False)
+                    yield from follow
                     continue
                 if not self._retrying(st.reason):
                     self.skipped_failed += 1
+                    self._opened(it, FAILED, 0, now=False)
                     continue
             if st is not None and not self.dry:
                 self._discard_old(it, st)
             yield it
+
+    # -- progress in the input's units (a video is done when its clip ranges are) ----------
+    def _opened(self, it: Item, status: str, pending: int, now: bool) -> None:
+        """Item `it` ended with `status` (in this run if `now`, else in an earlier one) and
+        `pending` items that followed from it still to run; a top-level item is counted once
+        they have."""
+        if it.parent is not None or self.progress is None:
+            return
+        if pending:
+            self.open[it.key] = [pending, status]
+        elif now:
+            self.progress.update(status)
+        else:
+            self.progress.skip()
+
+    def _closed(self, it: Item, status: str, reason: str | None) -> None:
+        """A result for `it`: counts its top-level item when that one is complete."""
+        if it.parent is None:
+            if status != OK or it.stage == self.job.final_stage:
+                self.progress.update(status, reason)
+            return
+        entry = self.open.get(it.parent)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if status == FAILED or (status == FILTERED and entry[1] == OK):
+            entry[1] = status
+            if status == FAILED:
+                self.reasons[it.parent] = reason
+        if entry[0] == 0:
+            del self.open[it.parent]
+            self.progress.update(entry[1], self.reasons.pop(it.parent, None))
 
     def _expand(self, it: Item, records: Any) -> list[Item]:
         follow = list(self.job.expand(it, records))
@@ -414,6 +444,7 @@ class _Run:
         self.top_before = ledger.top_level_counts()
         self.job.prepare(ledger, self.opts.overwrite)
         ledger.set_meta("job", self.job.name)
+        ledger.set_meta("unit", self.job.unit)
         ledger.set_meta("fingerprint", json.loads(json.dumps(self.job.fingerprint())))
         ledger.set_meta("options", json.loads(json.dumps(self.job.options(), default=str)))
         fault("startup")
@@ -452,6 +483,8 @@ class _Run:
         started = time.time()
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
+        if self.opts.limit is None and not self.opts.quiet:
+            threading.Thread(target=self._count, name="datamill-count", daemon=True).start()
         self.job.cores_per_worker = executor.cores_per_worker()
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
                                retries=self.opts.retries,
@@ -510,6 +543,15 @@ class _Run:
                          error=ErrorInfo(cls, "InputError", msg), attempts=0)
         self.item_errors.clear()
 
+    def _count(self) -> None:
+        """Count the input beside the run (a list's lines, a tree walked ahead) for the ETA."""
+        try:
+            total = self.job.count()
+        except Exception:  # noqa: BLE001 - no total is only no ETA
+            return
+        if total is not None and self.progress is not None:
+            self.progress.set_total(total)
+
     def _on_poll(self) -> None:
         self.interrupts.check()
         self.progress.tick(self.sched.executor.in_progress(),
@@ -563,6 +605,7 @@ class _Run:
                 for f in follow:
                     self.meta[f.key] = f
                 self.sched.add((f.key, f.payload) for f in follow)
+                self._opened(it, OK, len(follow), now=True)
         elif r.status == FILTERED:
             status, reason = FILTERED, r.reason
             self.ledger.record(it.key, it.stage, FILTERED, r.reason,
@@ -575,7 +618,8 @@ class _Run:
                                    message=e.message, traceback=e.traceback,
                                    records=[it.columns] if it.columns else None, **common)
         self.this_run[status] += 1
-        self.progress.update(status, reason)
+        if not (status == OK and it.parent is None and it.stage != self.job.final_stage):
+            self._closed(it, status, reason)
         self._watch(it, status, reason, r, stop=watch)
 
     def _watch(self, it: Item, status: str, reason: str | None, r: Result, stop: bool) -> None:
@@ -622,7 +666,7 @@ class _Run:
             nonlocal stats, extra, n_failed
             if status == "completed" and self.read_all:
                 ledger.set_meta("gone", self.top_before.get(self.top_stage, 0) - self.found_top)
-            counts = ledger.counts()
+            counts = ledger.top_level_outcomes()
             ledger.end_run(self.run_id, status, run_stats)
             n_manifest = write_manifest(ledger, dst, job.manifest_fields, job.final_stage)
             fault("reports")
@@ -712,7 +756,7 @@ def _dry_run(job: Job, opts: RunOptions) -> RunReport:
                    else Ledger.empty())
         run.dry = True
         todo = sum(1 for _ in run._source()) + len(run.item_errors)
-        counts = ledger.counts() if ledger is not None else {}
+        counts = ledger.top_level_outcomes() if ledger is not None else {}
     finally:
         if ledger is not None:
             ledger.close()

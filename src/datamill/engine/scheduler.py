@@ -124,10 +124,6 @@ class Scheduler:
             self.executor.shutdown(cancel=bool(self._inflight))
             self._started = False
 
-    @property
-    def in_flight(self) -> int:
-        return sum(len(t) for t in self._inflight.values())
-
     # -- submission ----------------------------------------------------------------------
     def _fill(self) -> Iterator[Result]:
         while not self._draining and self.executor.free_slots() > 0:

@@ -29,7 +29,7 @@ from ..engine.storage import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
 from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
-from ..io.sources import SourceError, read_rows, sniff_format
+from ..io.sources import SourceError, count_rows, read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
 
 
@@ -204,6 +204,9 @@ class DownloadJob(Job):
 
     def outputs(self, task_id: int, payloads: list) -> list[str]:
         return [shard_name(self.opts.output_format, task_id)]
+
+    def count(self) -> int:
+        return count_rows(self.src, self.opts.input_format)
 
     def report_names(self) -> list[str]:
         return ["failed_urls.txt"]

@@ -18,6 +18,7 @@ one.  Ctrl-C and SIGTERM are the driver's to handle: workers ignore them.
 from __future__ import annotations
 
 import ctypes
+import logging
 import functools
 import multiprocessing as mp
 import os
@@ -31,7 +32,8 @@ from multiprocessing.connection import wait
 from typing import Any, Sequence
 
 from ..task import Crash, Done, TaskRunner, error_info
-from .base import Executor, WorkerInitError, WorkerStatus, dumps, dumps_results, dumps_task
+from .base import (Executor, WorkerInitError, WorkerStatus, default_workers, dumps, dumps_results,
+                   dumps_task)
 
 _DRIVER_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the driver decides how to stop
 _PR_SET_PDEATHSIG = 1
@@ -115,6 +117,12 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
+        cores = default_workers()
+        if self.workers > 2 * cores:
+            logging.getLogger("datamill").warning(
+                "warning: --workers %d on %d cores: the workers take turns on the cores, so "
+                "each item takes longer and memory grows with the workers; the default is one "
+                "worker per core", self.workers, cores)
         self._ctx = mp.get_context("fork")
         self._workers: list[_Worker] = []
         self._runner: TaskRunner | None = None
