@@ -396,7 +396,7 @@ def _reporting_batch(task, payloads):
     out = []
     for p in payloads:
         out.append(ok(p) if p % 4 else failed("bad", "every fourth"))
-        task.advance(outcome=out[-1][0], nbytes=10)
+        task.advance(outcome=out[-1].status, nbytes=10)
     return out
 
 
@@ -537,3 +537,34 @@ def test_the_summary_and_counts_speak_in_the_inputs_units(tmp_path):
     report = datamill.clips(src, tmp_path / "dst", frames=8, quiet=True)
     assert report.counts == {"ok": 2, "filtered": 0, "failed": 1}  # videos, not clip ranges
     assert json.loads((tmp_path / "dst" / "stats.json").read_text())["counts"]["ok"] == 2
+
+
+def test_filtered_and_failed_items_reach_the_ledger_with_their_message(tmp_path):
+    from datamill.engine.ledger import Ledger
+    src = _tree(tmp_path / "src", {"a.txt": "SKIP", "b.txt": "RAISE", "c.txt": "fine"})
+    dst = tmp_path / "dst"
+    run_job(UpperJob(src, dst), RunOptions(quiet=True, retries=0))
+    ledger = Ledger(dst / "_datamill" / "state.sqlite", readonly=True)
+    rows = {r["key"]: r for r in ledger.iter_items()}
+    ledger.close()
+    assert (rows["a.txt"]["status"], rows["a.txt"]["reason"]) == ("filtered", "skip_marker")
+    assert rows["a.txt"]["message"] == "skip_marker"
+    assert (rows["b.txt"]["status"], rows["b.txt"]["reason"]) == ("failed", "ValueError")
+    assert rows["b.txt"]["message"] == "cannot handle b.txt" and "Traceback" in rows["b.txt"]["traceback"]
+
+
+def _partly_failing(payload):
+    from datamill.engine.task import failed
+    if payload == "half":  # what a clip task does when a frame is damaged: keep what it wrote
+        return failed("decode_error", "clip 1: damaged", records=[
+            {"clip": 0, "status": "ok"}, {"clip": 1, "status": "failed", "reason": "decode_error"}])
+    return [{"clip": 0, "status": "ok"}]
+
+
+def test_a_worker_can_fail_an_item_and_keep_its_records_through_one_outcome():
+    results = {r.item: r for r in pmap(_partly_failing, ["whole", "half"], workers=1)}
+    assert results["whole"].ok and results["whole"].value == [{"clip": 0, "status": "ok"}]
+    half = results["half"]
+    assert (half.status, half.reason, half.error.message) == ("failed", "decode_error",
+                                                              "clip 1: damaged")
+    assert [r["status"] for r in half.outcome.records] == ["ok", "failed"]

@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from .errors import UsageError
 from .storage import Dst
-from .task import FAILED, OK, TaskRunner
+from .task import TaskRunner
 
 
 @dataclass(slots=True)
@@ -75,16 +75,6 @@ class Job(ABC):
     def expand(self, item: Item, records: list[dict]) -> Iterable[Item]:
         """Items that follow from a finished item of a non-final stage."""
         return ()
-
-    def judge(self, records: Any) -> tuple[str, str | None, str | None]:
-        """Outcome of an item whose worker returned `records`: a record with status failed
-        fails the item (its other records are kept)."""
-        if isinstance(records, list):
-            bad = [r for r in records if isinstance(r, dict) and r.get("status") == FAILED]
-            if bad:
-                return FAILED, bad[0].get("reason") or "error", "; ".join(
-                    str(r.get("message") or r.get("reason")) for r in bad[:5])
-        return OK, None, None
 
     def outputs(self, task_id: int, payloads: list) -> list[str]:
         """The files or folders (paths relative to DST) that task `task_id` will write.  The

@@ -237,6 +237,24 @@ class Ledger:
     def forget_move(self, source: str) -> None:
         self.db.execute("DELETE FROM moves WHERE source=?", (source,))
 
+    def update_outcomes(self, rows: Iterable[tuple]) -> None:
+        """Rewrite the outcome of items already recorded, in one transaction (a global phase
+        that judges items after their work: dedup's duplicates).  Each row: (key, stage,
+        status, reason, error_type, message, traceback, records)."""
+        self.flush()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "UPDATE items SET stage=?, status=?, reason=?, error_type=?, message=?, "
+                "traceback=?, records=? WHERE key=?",
+                [(*r[1:7], None if r[7] is None else _ENCODE(r[7]), r[0]) for r in rows])
+
+    def count_failed_with_source(self) -> int:
+        """Failed items that name their source (download: the failed URLs)."""
+        self.flush()
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE status='failed' "
+                               "AND source IS NOT NULL").fetchone()[0]
+
     def top_level_outcomes(self) -> dict[str, int]:
         """Counts by outcome of the items the input gave, each judged with the items that
         followed from it (a video with a failed clip range failed)."""

@@ -35,7 +35,7 @@ from .progress import Progress
 from .reports import REPORT_NAMES, write_failures, write_manifest, write_stats
 from .scheduler import Result, Scheduler
 from .storage import Dst, state_dir_for
-from .task import FAILED, FILTERED, OK, ErrorInfo, WorkItem
+from .task import FAILED, FILTERED, OK, WorkItem, failed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 RESERVE = "reserve"  # a file of the state folder, deleted to close a run on a full disk
@@ -539,8 +539,7 @@ class _Run:
         for it in self.item_errors:  # items that failed before running (a bad file name)
             self.meta[it.key] = it
             cls, msg = it.error
-            yield Result(it.key, it.payload, FAILED, reason=cls,
-                         error=ErrorInfo(cls, "InputError", msg), attempts=0)
+            yield Result(it.key, it.payload, failed(cls, msg, type_="InputError"), attempts=0)
         self.item_errors.clear()
 
     def _count(self) -> None:
@@ -596,27 +595,20 @@ class _Run:
         it = self.meta.pop(r.key)
         common = dict(attempts=r.attempts, source=it.source, size=it.size, mtime=it.mtime,
                       seconds=r.seconds, run=self.run_id, task=r.task_id, parent=it.parent)
-        if r.status == OK:
-            status, reason, message = self.job.judge(r.value)
-            self.ledger.record(it.key, it.stage, status, reason, message=message,
-                               records=r.value, **common)
-            if status == OK and it.stage != self.job.final_stage:
-                follow = list(self._fresh(self._expand(it, r.value)))
-                for f in follow:
-                    self.meta[f.key] = f
-                self.sched.add((f.key, f.payload) for f in follow)
-                self._opened(it, OK, len(follow), now=True)
-        elif r.status == FILTERED:
-            status, reason = FILTERED, r.reason
-            self.ledger.record(it.key, it.stage, FILTERED, r.reason,
-                               message=r.error.message if r.error else None,
-                               records=[it.columns] if it.columns else None, **common)
-        else:
-            status, reason, e = FAILED, r.reason, r.error
-            if e.error_class != "disk_full":  # not the item's fault: the next run redoes it
-                self.ledger.record(it.key, it.stage, FAILED, e.error_class, error_type=e.type,
-                                   message=e.message, traceback=e.traceback,
-                                   records=[it.columns] if it.columns else None, **common)
+        o = r.outcome
+        status, reason = o.status, o.reason
+        records = o.records if o.records is not None or status == OK else (
+            [it.columns] if it.columns else None)
+        if reason != "disk_full":  # not the item's fault: the next run redoes it
+            self.ledger.record(it.key, it.stage, status, reason, error_type=o.error_type or None,
+                               message=o.message or None, traceback=o.traceback or None,
+                               records=records, **common)
+        if status == OK and it.stage != self.job.final_stage:
+            follow = list(self._fresh(self._expand(it, o.records)))
+            for f in follow:
+                self.meta[f.key] = f
+            self.sched.add((f.key, f.payload) for f in follow)
+            self._opened(it, OK, len(follow), now=True)
         self.this_run[status] += 1
         if not (status == OK and it.parent is None and it.stage != self.job.final_stage):
             self._closed(it, status, reason)
@@ -624,12 +616,12 @@ class _Run:
 
     def _watch(self, it: Item, status: str, reason: str | None, r: Result, stop: bool) -> None:
         """Keep the recent outcomes; raise SystemicFailure when the job should stop."""
-        failed = status == FAILED
-        self.window.append((it.key, reason if failed else None))
-        self.window_failed += failed
+        is_failed = status == FAILED
+        self.window.append((it.key, reason if is_failed else None))
+        self.window_failed += is_failed
         if len(self.window) > self.opts.failure_window:
             self.window_failed -= self.window.popleft()[1] is not None
-        if not failed or not stop:
+        if not is_failed or not stop:
             return
         if reason == "disk_full":
             raise SystemicFailure(f"the disk is full ({r.error.message if r.error else ''}); "

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .errors import OutputTaken
 from .executors import Executor, TaskEncodingError
-from .task import FAILED, FILTERED, OK, Crash, Done, ErrorInfo, TaskRunner, WorkItem
+from .task import FAILED, OK, Crash, Done, Outcome, TaskRunner, WorkItem, failed
 
 
 LONG_TASK_SECONDS = 0.2  # tasks longer than this are not queued behind a running one
@@ -23,25 +23,39 @@ LONG_TASK_SECONDS = 0.2  # tasks longer than this are not queued behind a runnin
 
 @dataclass(slots=True)
 class Result:
-    """How one item ended: `status` is ok, filtered or failed.
+    """How one item ended: its key and payload, its `Outcome`, how many times it ran.
 
-    `value` is what the function returned (ok), `reason` the filter reason or error class,
-    `error` the failure's details, `attempts` how many times the item was run.
+    `status` is ok, filtered or failed; `value` what the function returned (ok), `reason`
+    the filter reason or error class, `error` the outcome of a failed or filtered item (its
+    `error_class`, `message`, `traceback`).
     """
 
     key: Any
     item: Any
-    status: str
-    value: Any = None
-    reason: str | None = None
-    error: ErrorInfo | None = None
+    outcome: Outcome
     attempts: int = 1
     seconds: float = 0.0
     task_id: int | None = None
 
     @property
+    def status(self) -> str:
+        return self.outcome.status
+
+    @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.outcome.status == OK
+
+    @property
+    def value(self) -> Any:
+        return self.outcome.records if self.outcome.status == OK else None
+
+    @property
+    def reason(self) -> str | None:
+        return self.outcome.reason
+
+    @property
+    def error(self) -> Outcome | None:
+        return None if self.outcome.status == OK else self.outcome
 
 
 class Scheduler:
@@ -156,9 +170,9 @@ class Scheduler:
                 break
             except OutputTaken as exc:
                 if not self.renumber_taken:
-                    info = ErrorInfo("dst_exists", "OutputTaken", str(exc), "", False)
+                    taken = failed("dst_exists", str(exc), type_="OutputTaken")
                     for w in task:
-                        yield self._outcome(w, FAILED, None, info)
+                        yield self._result(w, taken)
                     self._on_task_end(task_id, False)
                     return
                 task_id = next(self._ids)  # a shard number taken by the user's file: skip it
@@ -171,8 +185,8 @@ class Scheduler:
                 self._exact.extend([w] for w in task)
                 return
             w = task[0]
-            info = ErrorInfo("unpicklable", "PicklingError", f"item {w.key!r}: {exc}", "", False)
-            yield self._outcome(w, FAILED, None, info)
+            yield self._result(w, failed("unpicklable", f"item {w.key!r}: {exc}",
+                                         type_="PicklingError"))
             return
         self._inflight[task_id] = task
 
@@ -190,19 +204,14 @@ class Scheduler:
                                    else 0.7 * self._task_seconds_seen + 0.3 * done.seconds)
         self.executor.set_prefetch(1 if self._task_seconds_seen > LONG_TASK_SECONDS else 2)
         each = done.seconds / len(task)
-        for w, (status, value, extra) in zip(task, done.results):
+        for w, outcome in zip(task, done.results):
             w.attempts += 1
-            if status == OK:
-                yield self._outcome(w, OK, value, None, each, done.task_id)
-            elif status == FILTERED:
-                yield Result(w.key, w.payload, FILTERED, None, value,
-                             ErrorInfo(value, "Filtered", extra or value), w.attempts, each,
-                             done.task_id)
-            elif extra.retryable and w.attempts <= self.retries and not self._draining:
-                w.last_error = extra
+            if (outcome.status == FAILED and outcome.retryable and w.attempts <= self.retries
+                    and not self._draining):
+                w.last_error = outcome
                 self._queued.append(w)
             else:
-                yield self._outcome(w, FAILED, None, extra, each)
+                yield self._result(w, outcome, each, done.task_id)
         self._on_task_end(done.task_id, True)
 
     def _crashed(self, task: list[WorkItem], crash: Crash) -> Iterator[Result]:
@@ -217,23 +226,21 @@ class Scheduler:
             if after:
                 self._exact.append(after)
             culprit.attempts += 1
-            info = ErrorInfo(crash.reason, "WorkerCrash" if crash.reason != "timeout" else "Timeout",
-                             crash.message, "", True)
+            lost = failed(crash.reason, crash.message, retryable=True,
+                          type_="WorkerCrash" if crash.reason != "timeout" else "Timeout")
             if culprit.attempts <= self.retries and not self._draining:
-                culprit.last_error = info
+                culprit.last_error = lost
                 self._exact.append([culprit])
             else:
-                yield self._outcome(culprit, FAILED, None, info)
+                yield self._result(culprit, lost)
             return
         half = len(task) // 2
         self._exact.append(task[:half])
         self._exact.append(task[half:])
 
-    def _outcome(self, w: WorkItem, status: str, value: Any, info: ErrorInfo | None,
-                 seconds: float = 0.0, task_id: int | None = None) -> Result:
-        reason = info.error_class if info is not None else None
-        return Result(w.key, w.payload, status, value, reason, info, max(w.attempts, 1), seconds,
-                      task_id)
+    def _result(self, w: WorkItem, outcome: Outcome, seconds: float = 0.0,
+                task_id: int | None = None) -> Result:
+        return Result(w.key, w.payload, outcome, max(w.attempts, 1), seconds, task_id)
 
     def _adapt(self, n: int, seconds: float) -> None:
         if self._fixed_batch:

@@ -1,7 +1,7 @@
 """What crosses between the driver and the workers: tasks, per-item outcomes, crashes.
 
 The driver groups items into tasks; a worker runs a task with `TaskRunner.run` and returns
-one small tuple per item.  Exceptions of single items are caught in the worker and become
+one `Outcome` per item.  Exceptions of single items are caught in the worker and become
 data; only the death of a whole worker (or its deadline) is seen by the driver as a `Crash`.
 """
 from __future__ import annotations
@@ -25,25 +25,46 @@ _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirecto
 
 
 @dataclass(slots=True)
-class ErrorInfo:
-    """An item's failure: a short stable class, the exception type, message and traceback."""
+class Outcome:
+    """How one item ended: the one type that travels from the worker to the ledger.
 
-    error_class: str
-    type: str
-    message: str
+    `status` is ok, filtered or failed; `records` what the item produced (a failed item may
+    keep the records of what it did write: the clips before a damaged frame); `reason` the
+    filter reason or the short, stable error class; `message`, `traceback` and `error_type`
+    describe a failure; `retryable` says whether another attempt may pass.
+    """
+
+    status: str
+    records: Any = None
+    reason: str | None = None
+    message: str = ""
     traceback: str = ""
+    error_type: str = ""
     retryable: bool = False
 
+    @property
+    def error_class(self) -> str | None:
+        return self.reason if self.status == FAILED else None
+
+    @property
+    def type(self) -> str:
+        """The exception's type name (pmap users read `result.error.type`)."""
+        return self.error_type
+
     def __str__(self) -> str:
-        return f"{self.error_class}: {self.message}"
+        return f"{self.reason}: {self.message}" if self.reason else self.status
 
 
-def error_info(exc: BaseException) -> ErrorInfo:
-    """Describe an exception as data (classes: ItemError's own, disk_full, not_found, ...)."""
+def failed_with(exc: BaseException) -> Outcome:
+    """The outcome of an item that raised `exc`: filtered for `Filtered`; else failed with a
+    class (ItemError's own, disk_full, dst_exists, not_found, ... or the exception's name),
+    retryable unless the error will fail the same way again."""
+    if isinstance(exc, Filtered):
+        return Outcome(FILTERED, reason=exc.reason, message=str(exc))
     trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, ItemError):
-        return ErrorInfo(exc.error_class, type(exc).__name__, str(exc), trace, exc.retryable)
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        cls, retry = exc.error_class, exc.retryable
+    elif isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         cls, retry = "disk_full", False
     elif isinstance(exc, FileExistsError):
         cls, retry = "dst_exists", False
@@ -57,7 +78,8 @@ def error_info(exc: BaseException) -> ErrorInfo:
         cls, retry = "timeout", True
     else:
         cls, retry = type(exc).__name__, not isinstance(exc, _PERMANENT)
-    return ErrorInfo(cls, type(exc).__name__, str(exc), trace, retry)
+    return Outcome(FAILED, reason=cls, message=str(exc), traceback=trace,
+                   error_type=type(exc).__name__, retryable=retry)
 
 
 @dataclass(slots=True)
@@ -79,7 +101,7 @@ class Done:
     """A task that came back from an executor: either its per-item results or a crash."""
 
     task_id: int
-    results: list | None = None  # one (status, value-or-reason, ErrorInfo|None) per item
+    results: list[Outcome] | None = None  # one per item
     seconds: float = 0.0
     crash: Crash | None = None
 
@@ -87,9 +109,11 @@ class Done:
 class TaskRunner:
     """Runs a task inside a worker; exceptions of single items become per-item data.
 
-    Either `fn(payload)` is called for each item, or `batch_fn(task, payloads)` once for the
-    whole task (a job that writes one shard per task, or fetches its items concurrently); it
-    returns one result per item, made with `ok`, `filtered` and `failed`, and may call
+    Either `fn(payload)` is called for each item (it returns the item's records, or an
+    `Outcome` when it must say more: a failed item that keeps what it wrote), or
+    `batch_fn(task, payloads)` once for the whole task (a job that writes one shard per task,
+    or fetches its items concurrently); it returns one `Outcome` per item, made with `ok`,
+    `filtered`, `failed` or `failed_with`, and may call
     `task.advance()` as items finish so progress moves during long tasks.  `task.id` is unique
     within a job folder, across runs, so it can name shards.
 
@@ -130,7 +154,8 @@ class TaskRunner:
             if status is not None:
                 status.begin_item(i)
             try:
-                append((OK, fn(payload), None))
+                value = fn(payload)
+                append(value if isinstance(value, Outcome) else Outcome(OK, value))
             except Exception as exc:  # noqa: BLE001 - every item failure is data
                 append(failed_with(exc))
         return out
@@ -145,7 +170,7 @@ class TaskRunner:
                                    f"{len(payloads)} items")
             return results
         except Exception as exc:  # noqa: BLE001 - the whole task failed: every item says why
-            return [(FAILED, None, error_info(exc))] * len(payloads)
+            return [failed_with(exc)] * len(payloads)
 
 
 class TaskContext:
@@ -174,39 +199,31 @@ class TaskContext:
                 self._status.add_outcomes(outcome == OK, n, nbytes)
 
 
-def ok(value: Any) -> tuple:
-    """A batch function's result for an item that succeeded with `value`."""
-    return (OK, value, None)
+def ok(records: Any) -> Outcome:
+    """A batch function's result for an item that succeeded with `records`."""
+    return Outcome(OK, records)
 
 
-def failed_with(exc: BaseException) -> tuple:
-    """The result of an item that raised `exc`: filtered for `Filtered`, else failed with
-    its `error_info` (per-item functions and batch functions alike)."""
-    if isinstance(exc, Filtered):
-        return (FILTERED, exc.reason, str(exc))
-    return (FAILED, None, error_info(exc))
-
-
-def filtered(reason: str, message: str = "") -> tuple:
-    return (FILTERED, reason, message or reason)
+def filtered(reason: str, message: str = "") -> Outcome:
+    return Outcome(FILTERED, reason=reason, message=message or reason)
 
 
 def failed(error_class: str, message: str, *, retryable: bool = False, type_: str = "",
-           traceback: str = "") -> tuple:
-    return (FAILED, None, ErrorInfo(error_class, type_ or error_class, message, traceback, retryable))
+           traceback: str = "", records: Any = None) -> Outcome:
+    return Outcome(FAILED, records, error_class, message, traceback, type_ or error_class,
+                   retryable)
 
 
-def picklable_results(results: list, dumps: Callable[[Any], bytes]) -> list:
-    """Replace each result whose value cannot be pickled by a failure that says so."""
+def picklable_results(results: list[Outcome], dumps: Callable[[Any], bytes]) -> list[Outcome]:
+    """Replace each outcome whose records cannot be pickled by a failure that says so."""
     fixed = []
     for res in results:
         try:
             dumps(res)
             fixed.append(res)
         except Exception as exc:  # noqa: BLE001
-            info = ErrorInfo("unpicklable", type(exc).__name__,
-                             f"the function's result cannot be pickled: {exc}", "", False)
-            fixed.append((FAILED, None, info))
+            fixed.append(failed("unpicklable", f"the function's result cannot be pickled: {exc}",
+                                type_=type(exc).__name__))
     return fixed
 
 
@@ -217,4 +234,4 @@ class WorkItem:
     key: Any
     payload: Any
     attempts: int = 0
-    last_error: ErrorInfo | None = field(default=None)
+    last_error: Outcome | None = field(default=None)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from ..engine.errors import UsageError
 from ..engine.job import Item
 from ..engine.storage import Dst
-from ..engine.task import TaskRunner
+from ..engine.task import Outcome, TaskRunner, failed
 from .tree import TreeJob
 from ..media.video import (ClipSpec, ClipTask, VideoError, check_output_size, cut_clips,
                            output_size, plan_clip_tasks, probe_video)
@@ -116,7 +116,8 @@ def clip_output(folder: Path, prefix: str, index: int, opts: ClipOptions, source
     return str(folder / f"{name}{suffix}")
 
 
-def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple, threads: int = 0) -> list[dict]:
+def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple,
+                 threads: int = 0) -> list[dict] | Outcome:
     """Run in a worker: plan a video, or cut one task of its clips (into DST, or into a local
     folder uploaded to a URL DST when the task is done)."""
     if payload[0] == "plan":
@@ -138,6 +139,11 @@ def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple, threads: int = 0) 
         rec["size_note"] = geometry["note"]
         rec["path"] = os.path.relpath(rec["path"], root) if rec.get("path") else None
         records.append(rec)
+    bad = [r for r in records if r["status"] == "failed"]
+    if bad:  # the task failed; the clips it did write are kept (their records say which)
+        return failed(bad[0]["reason"] or "error", "; ".join(
+            f"clip {r['clip_index']}: {r.get('message') or r['reason']}" for r in bad[:5]),
+            records=records)
     return records
 
 

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from ..engine.atomic import atomic_path, remove_output, rename_noreplace
 from ..engine.errors import UsageError
 from ..engine.job import Item
-from ..engine.task import (FAILED, FILTERED, OK, ErrorInfo, TaskContext, TaskRunner, error_info,
+from ..engine.task import (FAILED, FILTERED, OK, Outcome, TaskContext, TaskRunner, failed,
                            failed_with, filtered, ok)
 from .tree import TreeJob
 from ..media.hash_index import near_groups, pairs_against
@@ -106,7 +106,7 @@ def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, 
     for i, (_, size) in enumerate(payloads):
         if opts.min_bytes is not None and size < opts.min_bytes:
             results[i] = filtered("too_small", f"{size} bytes < --min-bytes {opts.min_bytes}")
-            task.advance(outcome=results[i][0])
+            task.advance(outcome=results[i].status)
         else:
             todo.append(i)
 
@@ -123,7 +123,7 @@ def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, 
         else:
             results[i] = ok([{"hash": to_hex(h.hashes[opts.hash]), "sha256": h.sha256, "width": h.width,
                               "height": h.height, "bytes": h.bytes}])
-        task.advance(outcome=results[i][0], nbytes=payloads[i][1])
+        task.advance(outcome=results[i].status, nbytes=payloads[i][1])
     return results
 
 
@@ -419,7 +419,7 @@ class DedupJob(TreeJob):
                        "kept_moved": int(sum(c.moved_to[i] is not None
                                              for i in np.flatnonzero(plan.survives)
                                              if plan.sizes[plan.groups[i]] > 1))}
-        failures: dict[int, ErrorInfo] = {}
+        failures: dict[int, Outcome] = {}
         if self.opts.action == "move-duplicates":
             self._move_duplicates(ledger, c, plan, failures)
         elif self.opts.action != "report":
@@ -463,7 +463,7 @@ class DedupJob(TreeJob):
         return found
 
     def _move_duplicates(self, ledger: Any, c: _Collection, plan: _Plan,
-                         failures: dict[int, ErrorInfo]) -> None:
+                         failures: dict[int, Outcome]) -> None:
         """Move the duplicates in SRC whose kept image (or reference file) is there now."""
         target = Path(os.path.abspath(self.opts.move_to))  # the ledger outlives the cwd
         taken = {dest for _, dest, _ in ledger.moves()}
@@ -487,7 +487,7 @@ class DedupJob(TreeJob):
                 except OSError as exc:
                     if _disk_full(exc):
                         raise  # the engine stops the job, naming the disk
-                    failures[i] = error_info(exc)
+                    failures[i] = failed_with(exc)
                     continue
                 move_log.write(json.dumps({"from": c.where[i], "to": str(dest), "reason": reason,
                                            "duplicate_of": original}) + "\n")
@@ -521,7 +521,7 @@ class DedupJob(TreeJob):
         raise AssertionError("unreachable")
 
     def _place_survivors(self, ledger: Any, c: _Collection, plan: _Plan,
-                         failures: dict[int, ErrorInfo]) -> None:
+                         failures: dict[int, Outcome]) -> None:
         """Copy or link each survivor into DST (from where it is now).  A path taken by a file
         datamill did not write fails the survivor as dst_exists.  The copies of images that
         are still there but no longer survive (another --keep or --threshold) are removed;
@@ -544,8 +544,8 @@ class DedupJob(TreeJob):
             if not os.path.lexists(dest):
                 todo.append(i)
             elif c.keys[i] not in ours:
-                failures[i] = ErrorInfo("dst_exists", "FileExistsError", f"{dest} exists and was "
-                                        "not written by datamill; it is left alone")
+                failures[i] = failed("dst_exists", f"{dest} exists and was not written by "
+                                     "datamill; it is left alone", type_="FileExistsError")
             elif _placed(action, c.where[i], dest):
                 already += 1
             else:  # ours, but of another action or an older version of the image
@@ -565,7 +565,7 @@ class DedupJob(TreeJob):
                 if _disk_full(exc):  # the next run removes the pending ones and resumes
                     ledger.drop_outputs([c.keys[j] for j in todo[n:] if j not in failures])
                     raise
-                failures[i] = error_info(exc)
+                failures[i] = failed_with(exc)
         ledger.drop_outputs([c.keys[i] for i in todo if i in failures])
         ledger.commit_task(task)
         ledger.flush()
@@ -573,7 +573,7 @@ class DedupJob(TreeJob):
                            copied_not_linked=copied_not_linked)
 
     def _record_outcomes(self, ledger: Any, everything: _Collection, present: np.ndarray,
-                         c: _Collection, plan: _Plan, failures: dict[int, ErrorInfo]) -> None:
+                         c: _Collection, plan: _Plan, failures: dict[int, Outcome]) -> None:
         """Mark each image in the ledger (redone from the hashes on every run): a kept or unique
         image is ok, a duplicate filtered (duplicate, duplicate_of_reference), an image whose
         copy, link or move failed failed (stage place); an image no longer anywhere is ok with
@@ -594,19 +594,15 @@ class DedupJob(TreeJob):
                 rec["moved_to"] = c.moved_to[idx]
             if idx in failures:
                 err = failures[idx]
-                status, reason, stage = FAILED, err.error_class, PLACE
+                status, reason, stage = FAILED, err.reason, PLACE
             if status != OK:
                 rec.update(status=status, reason=reason)
-            updates.append((stage, status, reason, err and err.type, err and err.message,
-                            err and err.traceback, json.dumps([rec], separators=(",", ":")), key))
+            updates.append((key, stage, status, reason, err and err.error_type, err and err.message,
+                            err and err.traceback, [rec]))
         for idx in np.flatnonzero(~present):
-            updates.append(("", OK, None, None, None, None,
-                            json.dumps([everything.record(idx)], separators=(",", ":")),
-                            everything.keys[idx]))
-        with ledger.db:
-            ledger.db.execute("BEGIN")
-            ledger.db.executemany("UPDATE items SET stage=?, status=?, reason=?, error_type=?, "
-                                  "message=?, traceback=?, records=? WHERE key=?", updates)
+            updates.append((everything.keys[idx], "", OK, None, None, None, None,
+                            [everything.record(idx)]))
+        ledger.update_outcomes(updates)
 
     def _write_groups(self, c: _Collection, plan: _Plan) -> None:
         idx = plan.grouped() if len(c) else np.zeros(0, np.int64)

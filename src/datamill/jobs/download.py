@@ -87,7 +87,7 @@ def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: lis
     for i, (key, row, url, caption, kept, error) in enumerate(payloads):
         if error is not None:
             results[i] = failed("bad_row", error)
-            task.advance(outcome=results[i][0])
+            task.advance(outcome=results[i].status)
         else:
             requests.append((i, url or ""))
     writer = open_shard_writer(opts.output_format, dst, task.id)
@@ -95,7 +95,7 @@ def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: lis
     async def fetch_and_store() -> None:
         async for fetched in fetch_many(requests, opts.fetch):
             results[fetched.key] = store_image(opts, writer, task.id, payloads[fetched.key], fetched)
-            task.advance(outcome=results[fetched.key][0], nbytes=len(fetched.body or b""))
+            task.advance(outcome=results[fetched.key].status, nbytes=len(fetched.body or b""))
 
     try:
         asyncio.run(fetch_and_store())
@@ -227,7 +227,7 @@ class DownloadJob(Job):
                     f.write(row["source"] + "\n")
 
     def summary_lines(self, ledger: Any) -> list[str]:
-        n = ledger.db.execute("SELECT COUNT(*) FROM items WHERE status='failed' AND source IS NOT NULL").fetchone()[0]
+        n = ledger.count_failed_with_source()
         return [f"images in {self.dst} as {self.opts.output_format} shards"] + (
             [f"{n} failed URLs listed in failed_urls.txt (usable as a new input)"] if n else [])
 

@@ -31,7 +31,7 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Sequence
 
-from ..task import Crash, Done, TaskRunner, error_info
+from ..task import Crash, Done, TaskRunner, failed_with
 from .base import (Executor, WorkerInitError, WorkerStatus, default_workers, dumps, dumps_results,
                    dumps_task)
 
@@ -86,7 +86,7 @@ def _worker_main(runner: TaskRunner, tasks: Any, conn: Any, status: WorkerStatus
     try:
         runner.initialize()
     except BaseException as exc:  # noqa: BLE001
-        conn.send_bytes(dumps(("init_error", str(error_info(exc)))))
+        conn.send_bytes(dumps(("init_error", str(failed_with(exc)))))
         return
     clock = time.monotonic
     while True:

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import ray
 
 from ..errors import UsageError
-from ..task import FAILED, Crash, Done, TaskRunner, error_info
+from ..task import Crash, Done, TaskRunner, failed_with
 from .base import Executor, WorkerInitError, dumps, dumps_results, dumps_task
 
 log = logging.getLogger("datamill")
@@ -53,11 +53,11 @@ def _run_task(runner_box: list, task_id: int, blob: bytes) -> bytes:
             runner = ray.get(runner_box[0])
         except Exception as exc:  # noqa: BLE001 - e.g. its module is not installed on this node
             return dumps(("init_error", f"the function cannot be loaded on a Ray worker: "
-                                         f"{error_info(exc)}"))
+                                         f"{failed_with(exc)}"))
         try:
             runner.initialize()
         except Exception as exc:  # noqa: BLE001
-            return dumps(("init_error", f"the worker initializer failed: {error_info(exc)}"))
+            return dumps(("init_error", f"the worker initializer failed: {failed_with(exc)}"))
         _RUNNER.clear()
         _RUNNER[key] = runner
     payloads = pickle.loads(blob)
@@ -188,7 +188,7 @@ class RayExecutor(Executor):
             msg = pickle.loads(ray.get(ref))
         except ray.exceptions.RayTaskError as exc:  # our task function itself raised
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            return Done(task.task_id, [(FAILED, None, error_info(cause))] * task.size)
+            return Done(task.task_id, [failed_with(cause)] * task.size)
         except ray.exceptions.RayError as exc:  # the worker or its node was lost, after retries
             first = (str(exc).strip().splitlines() or [""])[0]
             return Done(task.task_id, crash=Crash(

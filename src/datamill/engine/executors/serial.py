@@ -9,7 +9,7 @@ import time
 from collections import deque
 from typing import Any, Sequence
 
-from ..task import Done, TaskRunner, error_info
+from ..task import Done, TaskRunner, failed_with
 from .base import Executor, WorkerInitError
 
 
@@ -26,7 +26,7 @@ class SerialExecutor(Executor):
         try:
             runner.initialize()
         except Exception as exc:  # noqa: BLE001
-            raise WorkerInitError(f"the worker initializer failed: {error_info(exc)}") from exc
+            raise WorkerInitError(f"the worker initializer failed: {failed_with(exc)}") from exc
 
     def free_slots(self) -> int:
         return 0 if self._queue else 1
