@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
 from .errors import OutputTaken, SystemicFailure, UsageError
-from .executors import Executor, WorkerInitError, get_executor
+from .executors import EXECUTORS, Executor, WorkerInitError, get_executor
+from ..options import Options, Spec, option
 from .fault import fault
 from .job import Item, Job
 from .ledger import PENDING, ItemState, Ledger
@@ -42,28 +43,57 @@ RESERVE = "reserve"  # a file of the state folder, deleted to close a run on a f
 log = logging.getLogger("datamill")
 
 
-@dataclass
-class RunOptions:
-    """Options of the engine that every job takes; none of them changes per-item results."""
+def _retry_classes(value: str) -> bool | set[str]:
+    return True if value == "all" else {c.strip() for c in value.split(",") if c.strip()}
 
-    workers: int | None = None
-    executor: str = "local"
-    quiet: bool = False
-    overwrite: bool = False
-    retry_failed: bool | Collection[str] = False  # True: every class; else these classes
-    limit: int | None = None
-    dry_run: bool = False
-    timeout: float | None = None  # seconds per item
-    retries: int = 1
-    failure_window: int = 1000
-    failure_ratio: float = 0.95
-    progress_interval: float = 10.0
-    grace: float = 5.0
-    executor_options: dict[str, Any] = field(default_factory=dict)  # the executor's own options
-    state_dir: str | os.PathLike | None = None  # the ledger's folder (default: see storage.py)
-    allow_existing: bool = False  # write into a non-empty DST that is not a datamill folder
-    break_lock: bool = False  # take over a lock held from another host
-    argv: list[str] = field(default_factory=list)
+
+@dataclass
+class RunOptions(Options):
+    """Options of the engine that every job takes; none of them changes per-item results,
+    so none enters the fingerprint.  A job option with the same flag replaces one of these
+    for that job (download's --timeout and --retries are per URL)."""
+
+    workers: int | None = option(None, "Worker processes (default: one per core).", min=1)
+    executor: str = option(
+        "local", "serial: in this process (for pdb); local: worker processes; ray: a Ray cluster.",
+        choices=EXECUTORS, fingerprint=False)
+    quiet: bool = option(False, "No progress and no summary.", aliases=("-q",),
+                         fingerprint=False)
+    overwrite: bool = option(False, "Remove every output the ledger says datamill wrote, then "
+                             "redo everything (also with other options).", fingerprint=False)
+    retry_failed: bool | Collection[str] = option(  # True: every class; else these classes
+        False, "Retry items that failed before (all, or only these comma-separated error "
+        "classes).", parse=_retry_classes, metavar="[CLASSES]", show_default=False,
+        click={"is_flag": False, "flag_value": "all", "default": None}, fingerprint=False)
+    limit: int | None = option(None, "Only the first N items.", min=0, fingerprint=False)
+    dry_run: bool = option(False, "Say what would be done; do nothing.", fingerprint=False)
+    timeout: float | None = option(None, "Seconds one item may take before it is killed.",
+                                   min=0, min_open=True, fingerprint=False)
+    retries: int = option(1, "Further attempts for an item that failed in a way that may pass.",
+                          min=0, fingerprint=False)
+    failure_window: int = option(1000, "Items over which systemic failure is judged.", min=1,
+                                 cli=False, fingerprint=False)
+    failure_ratio: float = option(0.95, "Failed share of the window that stops the job.",
+                                  min=0, max=1, cli=False, fingerprint=False)
+    progress_interval: float = option(10.0, "Seconds between plain progress lines.", min=0,
+                                      cli=False, fingerprint=False)
+    grace: float = option(5.0, "Seconds given to running tasks after Ctrl-C.", min=0,
+                          cli=False, fingerprint=False)
+    executor_options: dict[str, Any] = option(  # the executor's own options
+        default_factory=dict, cli=False, fingerprint=False, entries={
+            "address": Spec("Ray cluster address for --executor ray (auto, ray://host:port).",
+                            flag="--ray-address", name="ray_address", kind="str"),
+            "cpus_per_task": Spec("CPUs Ray reserves for each task (--executor ray; default 1).",
+                                  min=0, min_open=True, kind="float")})
+    state_dir: str | os.PathLike | None = option(
+        None, "Local folder of the job's ledger (default: DST/_datamill, or for a URL DST a "
+        "folder under ~/.cache/datamill named after it).", fingerprint=False,
+        folder=True)
+    allow_existing: bool = option(False, "Write into a non-empty DST that is not a datamill "
+                                  "folder; its files are never touched.", fingerprint=False)
+    break_lock: bool = option(False, "Take over DST's lock held by a run on another host (only "
+                              "if no run there is alive).", fingerprint=False)
+    argv: list[str] = option(default_factory=list, cli=False, fingerprint=False)
 
 
 @dataclass

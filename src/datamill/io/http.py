@@ -45,6 +45,8 @@ import aiohttp
 import aiohttp.connector
 from yarl import URL
 
+from ..options import Options, option
+
 __all__ = [
     "FetchOptions",
     "FetchResult",
@@ -82,7 +84,7 @@ Requests = Union[Iterable[Request], AsyncIterable[Request]]
 
 
 @dataclass(frozen=True)
-class FetchOptions:
+class FetchOptions(Options):
     """How to fetch: deadlines, retries, limits and politeness.
 
     Attributes:
@@ -107,37 +109,33 @@ class FetchOptions:
         dns_cache_ttl: seconds a DNS answer is reused.
     """
 
-    timeout: float = 10.0
-    retries: int = 2
-    backoff: float = 0.5
-    max_backoff: float = 10.0
-    max_retry_after: float = 30.0
-    max_bytes: int = 20_000_000
-    concurrency: int = 256
-    per_host: int = 16
-    max_redirects: int = 5
-    user_agent: str = DEFAULT_USER_AGENT
-    honor_robots: bool = True
-    robots_directives: tuple[str, ...] = ROBOTS_DIRECTIVES
-    robots_token: str = "datamill"
-    dns_cache_ttl: int = 300
+    timeout: float = option(10.0, "Total seconds per URL attempt (connect and every read).",
+                            min=0, min_open=True, fingerprint=False)
+    retries: int = option(2, "Further attempts for a URL after a timeout, connection error, "
+                          "5xx or 429 (Retry-After honoured).", min=0, fingerprint=False)
+    backoff: float = option(0.5, "First retry delay in seconds.", min=0, cli=False,
+                            fingerprint=False)
+    max_backoff: float = option(10.0, "Cap of the retry delay.", min=0, cli=False,
+                                fingerprint=False)
+    max_retry_after: float = option(30.0, "Longest Retry-After waited for.", min=0, cli=False,
+                                    fingerprint=False)
+    max_bytes: int = option(20_000_000, "Largest body accepted.", min=1)
+    concurrency: int = option(256, "Connections per worker.", min=1, fingerprint=False)
+    per_host: int = option(16, "Connections per host per worker.", min=1, fingerprint=False)
+    max_redirects: int = option(5, "Redirects followed.", min=0, cli=False, fingerprint=False)
+    user_agent: str = option(DEFAULT_USER_AGENT, "User-Agent header.", show_default=False,
+                             fingerprint=False)
+    honor_robots: bool = option(True, "Do not honour X-Robots-Tag: noai / noimageai.",
+                                flag="--no-robots")
+    robots_directives: tuple[str, ...] = option(ROBOTS_DIRECTIVES, "Directives that opt out.",
+                                                cli=False, fingerprint=False)
+    robots_token: str = option("datamill", "Our user-agent token in X-Robots-Tag.", cli=False,
+                               fingerprint=False)
+    dns_cache_ttl: int = option(300, "Seconds a DNS answer is reused.", min=0, cli=False,
+                                fingerprint=False)
 
     def __post_init__(self) -> None:
-        checks = {
-            "timeout": self.timeout > 0,
-            "retries": self.retries >= 0,
-            "backoff": self.backoff >= 0,
-            "max_backoff": self.max_backoff >= 0,
-            "max_retry_after": self.max_retry_after >= 0,
-            "max_bytes": self.max_bytes >= 1,
-            "concurrency": self.concurrency >= 1,
-            "per_host": self.per_host >= 1,
-            "max_redirects": self.max_redirects >= 0,
-            "dns_cache_ttl": self.dns_cache_ttl >= 0,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid FetchOptions: {', '.join(f'{n}={getattr(self, n)!r}' for n in bad)}")
+        self.validate()  # here already: fetch_many is called without a job to validate it
 
 
 @dataclass

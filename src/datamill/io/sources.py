@@ -27,7 +27,7 @@ __all__ = [
     "sniff_format",
     "count_rows",
     "SourceError",
-    "FORMATS",
+    "LIST_FORMATS",
     "MAX_RECORDED_ERRORS",
 ]
 
@@ -38,7 +38,7 @@ _TMP_MARK = ".datamill-tmp-"
 
 MAX_RECORDED_ERRORS = 1000
 
-FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
+LIST_FORMATS = ("txt", "csv", "tsv", "jsonl", "parquet")
 _EXT_TO_FORMAT = {
     ".txt": "txt",
     ".csv": "csv",
@@ -389,8 +389,8 @@ def read_rows(
     p = os.fspath(path)
     if fmt is None:
         fmt = sniff_format(p)
-    elif fmt not in FORMATS:
-        raise ValueError(f"unknown list format {fmt!r} for {p!r}: supported are {', '.join(FORMATS)}")
+    elif fmt not in LIST_FORMATS:
+        raise ValueError(f"unknown list format {fmt!r} for {p!r}: supported are {', '.join(LIST_FORMATS)}")
     gz = _is_gzip(p)  # also raises FileNotFoundError now rather than on first next()
     if fmt == "parquet":
         if not gz:

@@ -19,58 +19,67 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..engine.errors import UsageError
 from ..engine.job import Item
 from ..engine.storage import Dst
 from ..engine.task import Outcome, TaskRunner, failed
 from .tree import TreeJob
-from ..media.video import (ClipSpec, ClipTask, VideoError, check_output_size, cut_clips,
-                           output_size, plan_clip_tasks, probe_video)
+from ..media.video import (AUDIO_MODES, CODECS, FORMATS, ClipSpec, ClipTask, VideoError,
+                           check_output_size, cut_clips, output_size, plan_clip_tasks,
+                           probe_video)
+from ..engine.run import RunOptions, RunReport, run_job
+from ..options import OptionError, Options, fingerprint, option, parse_extensions, split_flat
 
 log = logging.getLogger("datamill")
 
 VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm", "m4v")
-CODECS = ("h264", "hevc", "vp9", "av1", "mpeg4", "copy")
-FORMATS = ("mp4", "frames", "npy")
+LAYOUTS = ("mirror", "flat")
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT (565x320) as (565, 320)."""
+    try:
+        w, h = (int(x) for x in value.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"expected WIDTHxHEIGHT like 565x320, not {value!r}") from None
+    return w, h
 
 
 @dataclass(frozen=True)
-class ClipOptions:
-    """Everything a worker needs to cut clips; all but task_frames change the results."""
+class ClipOptions(Options):
+    """Everything a worker needs to cut clips; all but task_frames and extensions change the
+    results."""
 
-    frames: int = 64
-    stride: int | None = None
-    drop_last: bool = False
-    fps: float | None = None
-    size: tuple[int, int] | None = None
-    short_side: int | None = None
-    max_side: int | None = None
-    codec: str = "h264"
-    crf: int | None = None
-    preset: str | None = None
-    format: str = "mp4"
-    audio: str = "drop"
-    layout: str = "mirror"
-    task_frames: int = 512
+    frames: int = option(64, "Frames per clip.", min=1)
+    stride: int | None = option(None, "Frames between clip starts (default: --frames).", min=1)
+    drop_last: bool = option(False, "Drop the last clip when it is shorter.")
+    fps: float | None = option(None, "Resample to this frame rate first.", min=0, min_open=True)
+    size: tuple[int, int] | None = option(
+        None, "Exact output size (odd values are rounded down to even).", parse=parse_size,
+        metavar="WxH")
+    short_side: int | None = option(
+        None, "Scale so the short side is N, keeping the aspect ratio.", min=2)
+    max_side: int | None = option(None, "Scale down so the long side is at most N.", min=2)
+    codec: str = option("h264", "Video codec (copy: cut without re-encoding).", choices=CODECS)
+    crf: int | None = option(None, "Quality (lower is better; codec default if unset).",
+                             min=0, max=63)
+    preset: str | None = option(None, "Encoder speed preset (h264/hevc: ultrafast ... veryslow).")
+    format: str = option("mp4", "Video files, folders of JPEG frames, or .npy arrays "
+                         "(T x H x W x 3).", choices=FORMATS)
+    audio: str = option("drop", "Keep or drop the audio track.", choices=AUDIO_MODES)
+    layout: str = option("mirror", "mirror: DST/<dir>/<video>/<video>_0000.mp4; flat: "
+                         "DST/<dir__video>_0000.mp4.", choices=LAYOUTS)
+    extensions: tuple[str, ...] = option(
+        VIDEO_EXTENSIONS, "Video extensions to look for, comma-separated.", flag="--ext",
+        parse=parse_extensions, multiple=True, fingerprint=False)
+    task_frames: int = option(512, "Frames a cut task decodes (scheduling only).", min=1,
+                              cli=False, fingerprint=False)
 
-    def validate(self) -> None:
-        if self.frames < 1:
-            raise UsageError("--frames must be at least 1")
-        if self.stride is not None and self.stride < 1:
-            raise UsageError("--stride must be at least 1")
+    def check(self) -> None:
         if sum(x is not None for x in (self.size, self.short_side, self.max_side)) > 1:
-            raise UsageError("give at most one of --size, --short-side, --max-side")
-        if self.codec not in CODECS:
-            raise UsageError(f"--codec must be one of {', '.join(CODECS)}")
-        if self.format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+            raise OptionError("give at most one of --size, --short-side, --max-side")
         if self.codec == "copy" and (self.format != "mp4" or self.fps or self.resizes):
-            raise UsageError("--codec copy does not re-encode: it cannot resize, resample "
-                             "--fps or write --format frames/npy")
-        if self.audio not in ("drop", "keep"):
-            raise UsageError("--audio must be drop or keep")
-        if self.layout not in ("mirror", "flat"):
-            raise UsageError("--layout must be mirror or flat")
+            raise OptionError("--codec copy does not re-encode: it cannot resize, resample "
+                              "--fps or write --format frames/npy")
         # A size the encoder cannot make is refused now, not failed for every video; a
         # --short-side whose long side is too large for a video fails that video alone.
         codec = self.codec if self.format == "mp4" else None
@@ -81,20 +90,15 @@ class ClipOptions:
                 w, h, _ = (output_size(*value, size=value) if flag == "--size"
                            else output_size(value, value, short_side=value))
                 check_output_size(w, h, codec)
-            except (ValueError, VideoError) as exc:
-                raise UsageError(f"{flag}: {exc}") from exc
-        if self.max_side is not None and (not isinstance(self.max_side, int) or self.max_side < 1):
-            raise UsageError(f"--max-side must be a positive integer, not {self.max_side!r}")
+            except (ValueError, TypeError, VideoError) as exc:
+                raise OptionError(f"{flag}: {exc}") from exc
 
     @property
     def resizes(self) -> bool:
         return any(x is not None for x in (self.size, self.short_side, self.max_side))
 
     def fingerprint(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("task_frames")
-        d["stride"] = self.stride or self.frames
-        return d
+        return {**fingerprint(self), "stride": self.stride or self.frames}
 
 
 def clip_paths(dst: Path, rel: str, opts: ClipOptions) -> tuple[Path, str]:
@@ -252,24 +256,15 @@ class ClipsJob(TreeJob):
         return lines
 
 
-def clips(src: str | os.PathLike, dst: str | os.PathLike, *, frames: int = 64,
-          stride: int | None = None, drop_last: bool = False, fps: float | None = None,
-          size: tuple[int, int] | None = None, short_side: int | None = None,
-          max_side: int | None = None, codec: str = "h264", crf: int | None = None,
-          preset: str | None = None, format: str = "mp4", audio: str = "drop",
-          layout: str = "mirror", extensions: tuple[str, ...] = VIDEO_EXTENSIONS,
-          **engine: Any):
-    """Cut every video under `src` into clips of `frames` frames in `dst` (see `datamill clips --help`).
-
-    Engine options (workers, executor, quiet, overwrite, retry_failed, limit, dry_run, timeout,
-    retries) are passed through.  Returns the run's `RunReport`.
+def clips(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> RunReport:
+    """Cut every video under `src` into clips in `dst`.  Takes every option of `datamill clips
+    --help` by its name (those of `ClipOptions` and the engine's `RunOptions`: frames, size,
+    codec, ..., workers, executor, quiet, overwrite, retry_failed, limit, dry_run, timeout,
+    retries), with the same defaults.  Returns the run's `RunReport`.
 
     >>> report = datamill.clips("videos/", "clips/", frames=64, size=(565, 320))  # doctest: +SKIP
     >>> report.counts
     {'ok': 42, 'filtered': 0, 'failed': 1}
     """
-    from ..engine.run import RunOptions, run_job
-    opts = ClipOptions(frames=frames, stride=stride, drop_last=drop_last, fps=fps, size=size,
-                       short_side=short_side, max_side=max_side, codec=codec, crf=crf,
-                       preset=preset, format=format, audio=audio, layout=layout)
-    return run_job(ClipsJob(src, dst, opts, tuple(extensions)), RunOptions(**engine))
+    opts, run = split_flat([ClipOptions, RunOptions], options)
+    return run_job(ClipsJob(src, dst, opts, opts.extensions), run)

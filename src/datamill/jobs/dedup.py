@@ -47,6 +47,8 @@ from ..engine.errors import UsageError
 from ..engine.job import Item
 from ..engine.task import (FAILED, FILTERED, OK, Outcome, TaskContext, TaskRunner, failed,
                            failed_with, filtered, ok)
+from ..engine.run import RunOptions, RunReport, run_job
+from ..options import OptionError, Options, option, parse_extensions, split_flat
 from .tree import TreeJob
 from ..media.hash_index import near_groups, pairs_against
 from ..media.hashes import HASH_KINDS, hamming, hash_images, to_hex
@@ -65,38 +67,44 @@ log = logging.getLogger("datamill")
 
 
 @dataclass(frozen=True)
-class DedupOptions:
+class DedupOptions(Options):
     """Hashing options (change per-image results) and grouping options (a global phase)."""
 
-    hash: str = "phash"
-    fast: bool = False
-    min_size: int | None = None
-    min_bytes: int | None = None
-    threshold: int = DEFAULT_THRESHOLD
-    keep: str = "largest"
-    action: str = "report"
-    move_to: str | None = None
-    report: str | None = "report.html"
-    against: str | None = None
+    hash: str = option("phash", "Perceptual hash (phash is bit-for-bit imagehash's).",
+                       choices=HASH_KINDS)
+    fast: bool = option(False, "Decode JPEGs at reduced scale for hashing (faster; see the "
+                        "README).")
+    min_size: int | None = option(None, "Filter images whose short side is smaller "
+                                  "(too_small).", min=1)
+    min_bytes: int | None = option(None, "Filter files smaller than this (too_small).", min=0)
+    threshold: int = option(DEFAULT_THRESHOLD, "Largest Hamming distance between near "
+                            "duplicates (0: exact perceptual match).", min=0, max=32,
+                            fingerprint=False)
+    keep: str = option("largest", "Which image of a group is kept.", choices=KEEP_POLICIES,
+                       fingerprint=False)
+    action: str = option("report", "report: touch nothing; copy/hardlink/symlink the survivors "
+                         "into DST; move the duplicates to --move-to.", choices=ACTIONS,
+                         fingerprint=False)
+    move_to: str | None = option(None, "Where --action move-duplicates puts them (mirroring "
+                                 "SRC).", fingerprint=False)
+    report: str | None = option("report.html", "HTML report of the groups (relative to DST).",
+                                off_flag="--no-report", fingerprint=False)
+    against: str | None = option(None, "Also drop images that duplicate this reference (a "
+                                 "folder or a dedup DST).", fingerprint=False)
+    extensions: tuple[str, ...] = option(
+        IMAGE_EXTENSIONS, "Image extensions, comma-separated.", flag="--ext",
+        parse=parse_extensions, multiple=True, fingerprint=False)
 
-    def validate(self) -> None:
-        if self.hash not in HASH_KINDS:
-            raise UsageError(f"--hash must be one of {', '.join(HASH_KINDS)}")
-        if not 0 <= self.threshold <= 32:
-            raise UsageError("--threshold must be a Hamming distance between 0 and 32")
-        if self.keep not in KEEP_POLICIES:
-            raise UsageError(f"--keep must be one of {', '.join(KEEP_POLICIES)}")
-        if self.action not in ACTIONS:
-            raise UsageError(f"--action must be one of {', '.join(ACTIONS)}")
+    def check(self) -> None:
         if self.action == "move-duplicates" and self.move_to is None:
-            raise UsageError("--action move-duplicates needs a folder to move them to (--move-to DIR)")
+            raise OptionError("--action move-duplicates needs a folder to move them to "
+                              "(--move-to DIR)")
         if self.move_to is not None and self.action != "move-duplicates":
-            raise UsageError(f"--move-to goes only with --action move-duplicates (the action "
-                             f"is {self.action}); drop --move-to or use --action move-duplicates")
+            raise OptionError(f"--move-to goes only with --action move-duplicates (the action "
+                              f"is {self.action}); drop --move-to or use --action "
+                              "move-duplicates")
 
-    def fingerprint(self) -> dict:
-        return {"hash": self.hash, "fast": self.fast, "min_size": self.min_size,
-                "min_bytes": self.min_bytes}
+
 def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, int]]) -> list[tuple]:
     """Run in a worker: hash a task's images together (their DCTs in one batch), filtering
     by size; each image that fails costs only itself, and `task.start` names the image being
@@ -727,17 +735,12 @@ def _placed(action: str, source: str, dest: Path) -> bool:
     if action == "hardlink":
         return same_file or (same_copy and a.st_dev != b.st_dev)
     return same_copy
-def dedup(src: str | os.PathLike, dst: str | os.PathLike, *, hash: str = "phash",
-          fast: bool = False, threshold: int = DEFAULT_THRESHOLD, keep: str = "largest",
-          action: str = "report", move_to: str | None = None, report: str | None = "report.html",
-          min_size: int | None = None, min_bytes: int | None = None, against: str | None = None,
-          extensions: tuple[str, ...] = IMAGE_EXTENSIONS, **engine: Any):
+def dedup(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> RunReport:
     """Find exact and near-duplicate images under `src`; results, report and ledger in `dst`.
+    Takes every option of `datamill dedup --help` by its name (hash, threshold, keep, action,
+    move_to, report (None: no report), ..., workers, quiet, ...), with the same defaults.
 
     >>> report = datamill.dedup("photos/", "dedup-out/", threshold=8, action="report")  # doctest: +SKIP
     """
-    from ..engine.run import RunOptions, run_job
-    opts = DedupOptions(hash=hash, fast=fast, threshold=threshold, keep=keep, action=action,
-                        move_to=move_to, report=report, min_size=min_size, min_bytes=min_bytes,
-                        against=against)
-    return run_job(DedupJob(src, dst, opts, tuple(extensions)), RunOptions(**engine))
+    opts, run = split_flat([DedupOptions, RunOptions], options)
+    return run_job(DedupJob(src, dst, opts, opts.extensions), run)

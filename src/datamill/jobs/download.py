@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -25,12 +25,14 @@ import pyarrow as pa
 from ..engine.errors import Filtered, ItemError, UsageError
 from ..engine.job import Item, Job
 from ..engine.keys import ContentKeys
+from ..engine.run import RunOptions, RunReport, run_job
 from ..engine.storage import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
 from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
-from ..io.sources import SourceError, count_rows, read_rows, sniff_format
+from ..io.sources import LIST_FORMATS, SourceError, count_rows, read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
+from ..options import OptionError, Options, comma_list, group, option, split_flat
 
 
 # The fields datamill writes in every record's metadata (a kept column may not take a name).
@@ -39,38 +41,31 @@ RECORD_FIELDS = frozenset({"key", "row", "url", "caption", "width", "height", "o
 
 
 @dataclass(frozen=True)
-class DownloadOptions:
-    """What to read, how to fetch, what to do with each image, how to store it."""
+class DownloadOptions(Options):
+    """What to read, how to fetch, what to do with each image, how to store it.  The fetch
+    options' --timeout and --retries are per URL: they replace the engine's for this job,
+    whose task deadline is `DownloadJob.task_timeout`."""
 
-    url_col: str = "url"
-    caption_col: str | None = None
-    keep_cols: tuple[str, ...] = ()
-    input_format: str | None = None
-    output_format: str = "files"
-    shard_size: int = 10_000
-    image: ImageOptions = field(default_factory=ImageOptions)
-    fetch: FetchOptions = field(default_factory=FetchOptions)
+    url_col: str = option("url", "Column of the URL (csv, tsv, jsonl, parquet).")
+    caption_col: str | None = option(None, "Column of the caption, stored as <key>.txt.")
+    keep_cols: tuple[str, ...] = option(
+        (), "Other columns to keep in the metadata, comma-separated.", parse=comma_list)
+    input_format: str | None = option(
+        None, "Input format (default: from the file name; .gz is read as such).",
+        choices=LIST_FORMATS, fingerprint=False)
+    output_format: str = option(
+        "files", "files: 00000/000000123.jpg + .json; webdataset: 00000.tar; parquet: "
+        "00000.parquet.", name="format", choices=SHARD_FORMATS)
+    shard_size: int = option(10_000, "URLs per shard.", min=1, fingerprint=False)
+    image: ImageOptions = group(ImageOptions, fingerprint_key="image")
+    fetch: FetchOptions = group(FetchOptions)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         taken = sorted(set(self.keep_cols) & RECORD_FIELDS)
         if taken:
-            raise UsageError(f"--keep-cols {', '.join(taken)}: datamill writes its own field of "
-                             "that name in every record's metadata; rename the column in the "
-                             "list")
-        if self.output_format not in SHARD_FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(SHARD_FORMATS)}")
-        if self.shard_size < 1:
-            raise UsageError("--shard-size must be at least 1")
-        try:
-            self.image.validate()
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-
-    def fingerprint(self) -> dict:
-        return {"url_col": self.url_col, "caption_col": self.caption_col,
-                "keep_cols": list(self.keep_cols), "format": self.output_format,
-                "image": dataclasses.asdict(self.image), "max_bytes": self.fetch.max_bytes,
-                "honor_robots": self.fetch.honor_robots}
+            raise OptionError(f"--keep-cols {', '.join(taken)}: datamill writes its own field "
+                              "of that name in every record's metadata; rename the column in "
+                              "the list")
 
 
 def download_shard(opts: DownloadOptions, dst: Dst, task: TaskContext, payloads: list) -> list:
@@ -257,17 +252,14 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def download(urls: str | os.PathLike, dst: str | os.PathLike, *, url_col: str = "url",
-             caption_col: str | None = None, keep_cols: tuple[str, ...] = (),
-             input_format: str | None = None, format: str = "files", shard_size: int = 10_000,
-             image: ImageOptions | None = None, fetch: FetchOptions | None = None, **engine: Any):
-    """Download the images of a URL list into `dst` (see `datamill download --help`).
+def download(urls: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> RunReport:
+    """Download the images of a URL list into `dst`.  Takes every option of `datamill download
+    --help` by its name (url_col, format, resize, min_size, timeout, retries, ..., workers,
+    quiet, limit, ...), with the same defaults; `image=ImageOptions(...)` and
+    `fetch=FetchOptions(...)` are taken too.  `timeout` and `retries` are per URL.
 
-    >>> datamill.download("urls.txt.gz", "images/", image=ImageOptions(resize=256, min_size=100),
+    >>> datamill.download("urls.txt.gz", "images/", resize=256, min_size=100,
     ...                   format="webdataset")                                  # doctest: +SKIP
     """
-    from ..engine.run import RunOptions, run_job
-    opts = DownloadOptions(url_col=url_col, caption_col=caption_col, keep_cols=tuple(keep_cols),
-                           input_format=input_format, output_format=format, shard_size=shard_size,
-                           image=image or ImageOptions(), fetch=fetch or FetchOptions())
-    return run_job(DownloadJob(urls, dst, opts), RunOptions(**engine))
+    opts, run = split_flat([DownloadOptions, RunOptions], options)
+    return run_job(DownloadJob(urls, dst, opts), run)

@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..engine.errors import Filtered, ItemError
+from ..options import OptionError, Options, option
 
 ERROR_CLASSES = ("not_image", "decode_error", "too_large", "encode_error")
 FILTER_REASONS = ("too_small", "too_large_aspect")
@@ -86,7 +87,7 @@ class ImageError(ItemError):
 
 
 @dataclass(frozen=True)
-class ImageOptions:
+class ImageOptions(Options):
     """What `process_image` does to each image (the download job's image options).
 
     resize:       target side in pixels, or None to keep the size.
@@ -112,34 +113,29 @@ class ImageOptions:
     border_color: the RGB colour of ``border`` padding.
     """
 
-    resize: int | None = None
-    resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = "keep_ratio"
-    upscale: bool = False
-    encode: Literal["jpg", "webp", "png"] | None = "jpg"
-    quality: int = 95
-    min_size: int | None = None
-    max_aspect: float | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    border_color: tuple[int, int, int] = _WHITE
+    resize: int | None = option(None, "Target side in pixels (downscale only unless --upscale).",
+                                min=1)
+    resize_mode: Literal["no", "keep_ratio", "center_crop", "border"] = option(
+        "keep_ratio", "keep_ratio: short side = N; center_crop: N x N centre; border: fit in "
+        "N x N, padded.", choices=RESIZE_MODES)
+    upscale: bool = option(False, "Also enlarge images smaller than --resize.")
+    encode: Literal["jpg", "webp", "png"] | None = option(
+        "jpg", "Output format (None in Python: keep the source's when it is one of these).",
+        choices=ENCODINGS)
+    quality: int = option(95, "JPEG and WebP quality.", min=0, max=100)
+    min_size: int | None = option(None, "Filter images whose short side is smaller (too_small).",
+                                  min=1)
+    max_aspect: float | None = option(
+        None, "Filter images more elongated than this (too_large_aspect).", min=1)
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "Fail larger images (decompression bombs) as "
+                             "too_large.", min=1)
+    border_color: tuple[int, int, int] = option(_WHITE, "RGB colour of border padding.",
+                                                cli=False)
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        if self.resize is not None and self.resize < 1:
-            raise ValueError(f"resize must be at least 1, not {self.resize}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, not {self.resize_mode!r}")
-        if self.encode is not None and self.encode not in ENCODINGS:
-            raise ValueError(f"encode must be one of {', '.join(ENCODINGS)}, not {self.encode!r}")
-        if not 0 <= self.quality <= 100:
-            raise ValueError(f"quality must be between 0 and 100, not {self.quality}")
-        if self.min_size is not None and self.min_size < 1:
-            raise ValueError(f"min size must be at least 1, not {self.min_size}")
-        if self.max_aspect is not None and self.max_aspect < 1:
-            raise ValueError(f"max aspect must be at least 1, not {self.max_aspect}")
-        if self.max_pixels < 1:
-            raise ValueError(f"max pixels must be at least 1, not {self.max_pixels}")
+    def check(self) -> None:
         if len(self.border_color) != 3 or not all(0 <= c <= 255 for c in self.border_color):
-            raise ValueError(f"border color must be three values in 0..255, not {self.border_color}")
+            raise OptionError(f"border_color must be three values in 0..255, not "
+                              f"{self.border_color}")
 
 
 @dataclass(frozen=True)
