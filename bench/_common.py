@@ -101,7 +101,7 @@ def wait_until_quiet(max_wait: float, threshold: float = 15.0) -> float:
 def _make_video(job: tuple[str, int, tuple[int, int], dict]) -> str:
     from pathlib import Path
 
-    from datamill.media.synthetic import make_video
+    from datamill.testing.videos import make_video
     path, frames, size, encoding = job
     tmp = Path(path).with_name(".tmp-" + Path(path).name)
     make_video(tmp, frames, size=size, pattern="moving", **encoding)

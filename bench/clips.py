@@ -298,7 +298,7 @@ def compare(video: Path, clips: list[tuple[int, Path]], every: int) -> dict:
     import av
     import cv2
 
-    from datamill.media.synthetic import read_frame_number
+    from datamill.testing.videos import read_frame_number
     src = SourceFrames(video)
     scores: dict[str, list[float]] = {"resize": [], "crop": []}
     exact = checked = 0

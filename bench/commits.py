@@ -49,7 +49,10 @@ SCENARIOS = {
     """,
     # 1,000 URLs from a local server (20-60 ms each), resized to 64, webdataset shards of 100
     "download": """
-        from datamill.io.imageserver import ImageServer
+        try:
+            from datamill.testing.server import ImageServer
+        except ImportError:  # a commit from before datamill/testing/
+            from datamill.io.imageserver import ImageServer
         from datamill.media.image import ImageOptions
         from datamill.io.http import FetchOptions
         os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -66,7 +69,10 @@ SCENARIOS = {
     """,
     # 4 videos of 300 frames at 640x360 into 32-frame clips at 160x90
     "clips": """
-        from datamill.media.synthetic import make_video
+        try:
+            from datamill.testing.videos import make_video
+        except ImportError:  # a commit from before datamill/testing/
+            from datamill.media.synthetic import make_video
         src = DATA / "videos"
         if not src.exists():
             for i in range(4):

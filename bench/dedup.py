@@ -7,7 +7,7 @@ Every timed figure is the median of N runs (default 3; 1 with --quick) measured 
 so ratios compare like with like on a noisy, shared machine.
 
 1. Collection (generated once, cached in bench/_data/dedup/collection-*): random scenes
-   (`datamill.media.synthetic.make_scene`, 640x480, JPEG q90; some stored as PNG) as
+   (`datamill.testing.images.make_scene`, 640x480, JPEG q90; some stored as PNG) as
    originals; each original gets copies of two kinds among resize (0.5x, 2x), JPEG
    recompression (q50-95), format (JPEG->PNG, PNG->JPEG), EXIF rotation (orientation 6, 8
    or 3, the pixels stored turned the other way), a 2% crop (one corner, or 1% each side) and
@@ -90,7 +90,7 @@ NEGATIVE_KINDS = ["similar", "half redrawn"]
 MIN_CHANGED = {"similar": 0.2}
 TARGET_KINDS = ["resize", "recompress", "format", "exif"]  # precision >= 0.99, recall >= 0.95
 # The stored pixels of an EXIF-oriented copy: the upright picture turned the other way, as
-# datamill.media.synthetic.make_image stores them.
+# datamill.testing.images.make_image stores them.
 UNDO_ORIENTATION = {6: "ROTATE_90", 8: "ROTATE_270", 3: "ROTATE_180"}
 
 
@@ -196,7 +196,7 @@ def collection(quick: bool) -> tuple[Path, list[dict]]:
     """The generated collection (cached): its folder and the truth, one record per file."""
     import multiprocessing
 
-    from datamill.media.synthetic import make_scene
+    from datamill.testing.images import make_scene
     n_bases = SIZES["bases"][quick]
     root = DATA / f"collection-{'quick' if quick else 'full'}"
     marker = DATA / f"truth-{'quick' if quick else 'full'}.json"
@@ -686,7 +686,7 @@ def scene_phashes(count: int) -> np.ndarray:
 
 def _scene_phash(k: int) -> int:
     from datamill.media.hashes import hash_image
-    from datamill.media.synthetic import make_scene
+    from datamill.testing.images import make_scene
     return hash_image(make_scene(None, size=(320, 240), seed=500_000 + k)).hashes["phash"]
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/download.py [--quick] [--repeat N] [--urls 5000] [--hang-cap 120]
                                        [--mem-lines 1000000] [--only throughput,hang,memory]
 
-The image server (datamill.io.imageserver) runs in its own process on 127.0.0.1 and is warmed
+The image server (datamill.testing.server) runs in its own process on 127.0.0.1 and is warmed
 (every picture of every size encoded) before anything is timed.  Each tool runs as its command
 line in a fresh process: the wall clock is the whole command's, Python start-up included.
 Figures are medians of N runs (default 3; --quick: 1 run, fewer URLs), the tools alternating
@@ -112,7 +112,7 @@ def serve() -> None:
     """
     from aiohttp import web
 
-    from datamill.io.imageserver import DEFAULT_SIZE, ImageServer
+    from datamill.testing.server import DEFAULT_SIZE, ImageServer
 
     class BenchServer(ImageServer):
         last_image = 0.0
@@ -365,7 +365,7 @@ def output_quality(dst: Path, every: int = 10) -> dict:
     import numpy as np
     from PIL import Image
 
-    from datamill.io.imageserver import make_jpeg
+    from datamill.testing.server import make_jpeg
     cv2.setNumThreads(1)
     area, neutral, kb = [], [], []
     for path in sorted(glob.glob(str(dst / "*.tar"))):

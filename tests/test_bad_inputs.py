@@ -17,10 +17,11 @@ import pytest
 import datamill
 from datamill.engine.errors import UsageError
 from datamill.io.http import FetchOptions
-from datamill.io.imageserver import ImageServer
 from datamill.jobs.clips import ClipOptions
-from datamill.media.synthetic import make_image, make_video
 from datamill.media.video import cut_clips, plan_clip_tasks, probe_video
+from datamill.testing.images import make_image
+from datamill.testing.server import ImageServer
+from datamill.testing.videos import make_video
 
 SMALL = (64, 48)
 

@@ -12,9 +12,9 @@ import pytest
 
 import datamill
 from datamill.engine.ledger import Ledger
-from datamill.engine.run import state_path
-from datamill.media.synthetic import (make_audio_only, make_corrupt_file, make_truncated,
-                                      make_video, read_frame_number)
+from datamill.engine.storage import state_path
+from datamill.testing.files import make_corrupt_file, make_truncated
+from datamill.testing.videos import make_audio_only, make_video, read_frame_number
 
 SMALL = (160, 120)
 

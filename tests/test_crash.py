@@ -18,8 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from datamill.io.imageserver import ImageServer
 from datamill.io.shards import iter_shard
+from datamill.testing.server import ImageServer
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "no_proxy": "127.0.0.1,localhost"}
@@ -356,7 +356,7 @@ def listed_clips(dst: Path) -> list[str]:
 
 def test_clips_overwrite_and_a_changed_video_leave_only_the_new_clips(tmp_path):
     import datamill
-    from datamill.media.synthetic import make_video
+    from datamill.testing.videos import make_video
     src = tmp_path / "src"
     make_video(src / "a" / "v.mp4", frames=64, size=(96, 64))
     make_video(src / "w.mp4", frames=32, size=(96, 64))
@@ -376,7 +376,7 @@ def test_clips_overwrite_and_a_changed_video_leave_only_the_new_clips(tmp_path):
 
 def test_clips_past_their_deadline_leave_no_clip_the_manifest_does_not_list(tmp_path):
     import datamill
-    from datamill.media.synthetic import make_video
+    from datamill.testing.videos import make_video
     src = tmp_path / "src"
     make_video(src / "long.mp4", frames=900, size=(640, 480), gop=30)
     dst = tmp_path / "clips"

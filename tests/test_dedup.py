@@ -18,7 +18,7 @@ from PIL import Image
 
 import datamill
 from datamill.jobs.dedup import DedupJob
-from datamill.media.synthetic import make_bomb_png, make_image
+from datamill.testing.images import make_bomb_png, make_image
 
 
 def jpeg_of(img: Image.Image, quality: int = 90) -> bytes:
@@ -187,7 +187,7 @@ def test_an_unreadable_file_fails_with_its_reason(tmp_path):
     code = (
         "import os, sys, datamill\n"
         "from datamill.jobs.dedup import dedup\n"
-        "import datamill.engine.executors.local, datamill.engine.run, datamill.io.report\n"
+        "import datamill.engine.executors.local, datamill.engine.run, datamill.io.dedup_report\n"
         "from datamill.media.hashes import hash_image\n"
         f"hash_image({str(src / 'ok.jpg')!r})  # loads Pillow's plugins while they are readable\n"
         "os.setgid(65534); os.setuid(65534)\n"

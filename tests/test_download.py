@@ -11,10 +11,10 @@ import pytest
 
 import datamill
 from datamill.io.http import FetchOptions
-from datamill.io.imageserver import ImageServer
 from datamill.io.shards import iter_shard
 from datamill.jobs.download import download
 from datamill.media.image import ImageOptions
+from datamill.testing.server import ImageServer
 
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 

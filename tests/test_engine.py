@@ -529,7 +529,8 @@ def test_progress_knows_the_total_and_shows_an_eta_counting_earlier_runs(tmp_pat
 
 def test_the_summary_and_counts_speak_in_the_inputs_units(tmp_path):
     import datamill
-    from datamill.media.synthetic import make_corrupt_file, make_video
+    from datamill.testing.files import make_corrupt_file
+    from datamill.testing.videos import make_video
     src = tmp_path / "src"
     make_video(src / "a.mp4", frames=40, size=(64, 48))
     make_video(src / "b.mp4", frames=40, size=(64, 48))

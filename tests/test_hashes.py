@@ -13,7 +13,7 @@ from PIL import Image, JpegImagePlugin
 from datamill.media import hashes
 from datamill.media.hashes import (HASH_KINDS, ImageError, from_hex, hamming, hash_image, hash_images,
                                    phash_batch, popcount, to_hex)
-from datamill.media.synthetic import draw_image, make_bomb_png, make_image
+from datamill.testing.images import draw_image, make_bomb_png, make_image
 
 IMAGEHASH = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
              "whash": imagehash.whash}

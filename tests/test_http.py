@@ -21,7 +21,8 @@ from datamill.io.http import (
     parse_retry_after,
     robots_disallowed,
 )
-from datamill.io.imageserver import BOMB_SIDE, ImageServer
+from datamill.testing.images import BOMB_SIDE
+from datamill.testing.server import ImageServer
 
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from datamill.engine.errors import Filtered
 from datamill.media.image import ImageError, ImageOptions, load_image_rgb, process_image
-from datamill.media.synthetic import draw_image, make_bomb_png, make_image
+from datamill.testing.images import draw_image, make_bomb_png, make_image
 
 
 def decode(data: bytes) -> Image.Image:

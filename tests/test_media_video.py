@@ -11,13 +11,8 @@ import pytest
 from PIL import Image
 
 from datamill.engine.atomic import TMP_MARK
-from datamill.media.synthetic import (
-    make_audio_only,
-    make_corrupt_file,
-    make_truncated,
-    make_video,
-    read_frame_number,
-)
+from datamill.testing.files import make_corrupt_file, make_truncated
+from datamill.testing.videos import make_audio_only, make_video, read_frame_number
 from datamill.media.video import (
     ClipSpec,
     ClipTask,

@@ -20,9 +20,11 @@ from datamill.engine.executors import get_executor
 from datamill.engine.scheduler import Scheduler
 from datamill.engine.task import TaskRunner
 from datamill.io.http import FetchOptions
-from datamill.io.imageserver import ImageServer
 from datamill.media.image import ImageOptions
-from datamill.media.synthetic import make_corrupt_file, make_image, make_video
+from datamill.testing.files import make_corrupt_file
+from datamill.testing.images import make_image
+from datamill.testing.server import ImageServer
+from datamill.testing.videos import make_video
 import faults
 from faults import hang_on_3, kill_on_7, ten_div
 

@@ -15,9 +15,10 @@ import pytest
 from PIL import Image
 
 import datamill
-from datamill.io.imageserver import ImageServer
 from datamill.io.shards import iter_shard
-from datamill.media.synthetic import make_image, make_video
+from datamill.testing.images import make_image
+from datamill.testing.server import ImageServer
+from datamill.testing.videos import make_video
 
 pd = pytest.importorskip("pandas")
 
@@ -144,7 +145,7 @@ def test_dedup_manifest(tmp_path, hf):
 
 
 def test_manifest_refuses_types_datasets_cannot_read():
-    from datamill.engine.reports import manifest_schema
+    from datamill.engine.job_reports import manifest_schema
     with pytest.raises(TypeError, match="kept"):
         manifest_schema([pa.field("kept", pa.map_(pa.string(), pa.string()))])
     with pytest.raises(TypeError, match="nested"):
@@ -154,7 +155,7 @@ def test_manifest_refuses_types_datasets_cannot_read():
 
 def test_a_record_of_an_earlier_version_becomes_json():
     """A ledger written before `kept` was a JSON string holds it as a dict."""
-    from datamill.engine.reports import _table, manifest_schema
+    from datamill.engine.job_reports import _table, manifest_schema
     schema = manifest_schema([pa.field("kept", pa.string())])
     table = _table([{"key": "a", "kept": {"license": "cc-by", "é": None}}, {"key": "b"}], schema)
     assert table.column("kept").to_pylist() == ['{"license": "cc-by", "é": null}', None]

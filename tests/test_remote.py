@@ -26,13 +26,14 @@ from datamill.cli import main
 from datamill.engine.atomic import TMP_MARK
 from datamill.engine.errors import UsageError
 from datamill.engine.ledger import Ledger
-from datamill.engine.run import state_path
 from datamill.engine.status import describe
-from datamill.engine.storage import Dst, default_state_dir
+from datamill.engine.storage import Dst, default_state_dir, state_path
 from datamill.io.http import FetchOptions
-from datamill.io.imageserver import ImageServer
 from datamill.media.image import ImageOptions
-from datamill.media.synthetic import make_corrupt_file, make_image, make_video
+from datamill.testing.files import make_corrupt_file
+from datamill.testing.images import make_image
+from datamill.testing.server import ImageServer
+from datamill.testing.videos import make_video
 
 
 BUCKET = "datamill-test"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from datamill.io.imageserver import ImageServer
+from datamill.testing.server import ImageServer
 
 HERE = Path(__file__).parent
 PROC = Path("/proc/self/task")

@@ -8,12 +8,14 @@ import click
 
 from .engine.run import RunOptions, run_job
 from .io.http import FetchOptions
-from .io.imageserver import ImageServer
 from .jobs.clips import ClipOptions, ClipsJob
 from .jobs.dedup import DedupJob, DedupOptions
 from .jobs.download import DownloadJob, DownloadOptions
 from .media.image import ImageOptions
-from .media.synthetic import make_corrupt_file, make_scene, make_video
+from .testing.files import make_corrupt_file
+from .testing.images import make_scene
+from .testing.server import ImageServer
+from .testing.videos import make_video
 
 # (relative path, frames, coded size, rotation): a tree as users have them, with a broken
 # file, a file that is not a video, an uppercase extension, spaces and non-ASCII in names.

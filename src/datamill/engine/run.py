@@ -30,12 +30,12 @@ from .executors import EXECUTORS, Executor, WorkerInitError, get_executor
 from ..options import Options, Spec, option
 from .fault import fault
 from .job import Item, Job
+from .job_reports import REPORT_NAMES, write_failures, write_manifest, write_stats
 from .ledger import PENDING, ItemState, Ledger
 from .lock import StateLock
 from .progress import Progress
-from .reports import REPORT_NAMES, write_failures, write_manifest, write_stats
 from .scheduler import Result, Scheduler
-from .storage import Dst, state_dir_for
+from .storage import state_dir_for
 from .task import FAILED, FILTERED, OK, WorkItem, failed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -109,12 +109,6 @@ class RunReport:
     @property
     def ok(self) -> bool:
         return self.exit_code == EXIT_OK
-
-
-def state_path(dst: str | os.PathLike | Dst, state_dir: str | os.PathLike | None = None) -> Path:
-    """The ledger of the job in `dst`: DST/_datamill/state.sqlite for a local DST, else in
-    `state_dir` or the default state folder of a URL (engine/storage.py)."""
-    return state_dir_for(Dst(dst), state_dir) / "state.sqlite"
 
 
 def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .ledger import Ledger
-from .run import state_path
-from .storage import Dst
+from .storage import Dst, state_path
 
 
 def describe(dst: str | Path, state_dir: str | Path | None = None) -> str:

@@ -38,6 +38,7 @@ from .errors import UsageError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 INSTALL_HINT = "pip install 'datamill[remote]'"
+LEDGER_FILE = "state.sqlite"  # in the state folder (`state_dir_for`)
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -237,10 +238,15 @@ def default_state_dir(dst: Dst) -> Path:
 
 
 def state_dir_for(dst: Dst, state_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of a job's ledger: `state_dir` when given, DST/_datamill for a local DST,
-    else `default_state_dir`."""
+    """The folder of a job's ledger, the one place that decides it: `state_dir` when given,
+    DST/_datamill for a local DST, else `default_state_dir`."""
     if state_dir is not None:
         return Path(state_dir).expanduser()
     if dst.path is not None:
         return dst.path / "_datamill"
     return default_state_dir(dst)
+
+
+def state_path(dst: str | os.PathLike | Dst, state_dir: str | os.PathLike | None = None) -> Path:
+    """The ledger file of the job in `dst`: ``state.sqlite`` in `state_dir_for`'s folder."""
+    return state_dir_for(Dst(dst), state_dir) / LEDGER_FILE

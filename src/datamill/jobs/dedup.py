@@ -360,7 +360,7 @@ class DedupJob(TreeJob):
         if rel is not None and (rel.split("/")[0] == "_datamill" or rel in (
                 GROUPS, MOVE_LOG, "manifest.parquet", "failures.jsonl", "stats.json")):
             raise UsageError(f"--report {self.opts.report} is the name of another file of DST")
-        from ..io.report import is_dedup_report
+        from ..io.dedup_report import is_dedup_report
         if rel is None and resolved.exists() and not is_dedup_report(resolved):
             raise UsageError(f"--report {self.opts.report} exists and is not a datamill report; "
                              "it is left alone: choose another path")
@@ -445,7 +445,8 @@ class DedupJob(TreeJob):
         """Images of SRC within the threshold of a reference image that exists now:
         index -> (reference file, distance)."""
         from ..engine.ledger import Ledger
-        from ..engine.run import RunOptions, run_job, state_path
+        from ..engine.run import RunOptions, run_job
+        from ..engine.storage import state_path
         ref = Path(self.opts.against)
         if not state_path(ref).is_file():  # a folder of images: hash it through the engine
             ref_dst = self.state_dir / "against"
@@ -630,7 +631,7 @@ class DedupJob(TreeJob):
             pq.write_table(table, tmp)
 
     def _write_report(self, c: _Collection, plan: _Plan) -> None:
-        from ..io.report import ReportGroup, ReportMember, write_dedup_report
+        from ..io.dedup_report import ReportGroup, ReportMember, write_dedup_report
         idx = plan.grouped() if len(c) else np.zeros(0, np.int64)
 
         def report_groups() -> Iterator[ReportGroup]:

@@ -8,13 +8,13 @@ background thread, so a slow drip or an endless body never blocks other requests
         fetch(server.url("img/7.jpg?w=640&h=480"))
         server.count("/img/7.jpg")   # -> 1
 
-or in its own process: ``python -m datamill.io.imageserver --port 8000``.
+or in its own process: ``python -m datamill.testing.server --port 8000``.
 
 Routes (``<n>`` any non-negative integer, ``w``/``h`` in 1..4096):
 
 =============================  =============================================================
 ``/img/<n>.jpg?w=&h=&q=``      a deterministic JPEG (default 400x300, quality 90); bodies are
-                               cached and image ``n`` is pattern ``n % pool``, so a long
+                               cached and image ``n`` is picture ``n % pool``, so a long
                                benchmark costs at most ``pool`` encodes per size
 ``/png/<n>.png?w=&h=&alpha=1`` a PNG, RGB (RGBA with ``alpha=1``)
 ``/latency/<ms>/<n>.jpg``      ``/img/<n>.jpg`` after ``ms`` milliseconds (same query)
@@ -28,7 +28,7 @@ Routes (``<n>`` any non-negative integer, ``w``/``h`` in 1..4096):
 ``/hang``                      accepts the request and never answers
 ``/html``                      an HTML page (``text/html``)
 ``/truncated.jpg``             the first half of a JPEG
-``/bomb.png``                  a ~1 KB PNG whose header claims 60000x60000 pixels
+``/bomb.png``                  a ~1 KB PNG whose header claims 100000x100000 pixels
 ``/redirect/<k>``              ``k`` redirects (302), then a JPEG
 ``/redirect-loop``             redirects to itself
 ``/reset``                     closes the connection abruptly (TCP RST), no response
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import socket
 import struct
 import sys
@@ -55,92 +54,48 @@ import time
 import zlib
 from collections import Counter, OrderedDict
 from email.utils import formatdate
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 from aiohttp import web
-from PIL import Image
 
-__all__ = ["ImageServer", "make_jpeg", "make_png", "bomb_png", "main"]
+from .images import make_bomb_png, make_image
+
+__all__ = ["ImageServer", "make_jpeg", "make_png", "main"]
 
 DEFAULT_SIZE = (400, 300)
 MAX_SIDE = 4096
-BOMB_SIDE = 60000
 _CACHE_BYTES = 256 * 1024 * 1024
 
 
-def _pattern(n: int, w: int, h: int) -> np.ndarray:
-    """A deterministic RGB picture for `n`: gradients, stripes and noise (h, w, 3 uint8).
-
-    The noise amplitude varies with `n`, so JPEG sizes vary from smooth to busy.
-    """
-    rng = np.random.default_rng(n)
-    y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
-    x = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
-    fx, fy, phase = rng.uniform(1, 12, 3)
-    base = rng.uniform(0, 255, 3).astype(np.float32)
-    channels = [
-        base[0] * (1 - x) + 255 * y * x,
-        base[1] + 90 * np.sin(2 * np.pi * (fx * x + fy * y) + phase),
-        base[2] * y + 120 * np.cos(2 * np.pi * fy * x * y),
-    ]
-    img = np.stack([np.broadcast_to(c, (h, w)) for c in channels], axis=-1)
-    amplitude = float(rng.choice([4, 12, 24, 48]))
-    # a tiled 128x128 noise patch: busy enough for JPEG, ten times cheaper than full noise
-    tile = rng.standard_normal((128, 128, 3), dtype=np.float32) * amplitude
-    img = img + np.tile(tile, (h // 128 + 1, w // 128 + 1, 1))[:h, :w]
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _encode(image: Image.Image, fmt: str, **params: Any) -> bytes:
-    out = io.BytesIO()
-    image.save(out, fmt, **params)
-    return out.getvalue()
+# Grain per picture n (n % 4): from smooth to busy, so JPEG sizes vary as photos' do
+# (at 640x480 quality 90: 50 to 230 KB, 155 KB on average).
+_NOISE = (6.0, 16.0, 28.0, 52.0)
 
 
 def make_jpeg(n: int, w: int = DEFAULT_SIZE[0], h: int = DEFAULT_SIZE[1], quality: int = 90) -> bytes:
-    """The JPEG bytes of picture `n` at w x h."""
-    return _encode(Image.fromarray(_pattern(n, w, h)), "JPEG", quality=quality)
+    """The JPEG bytes of picture `n` at w x h (``/img/<n>.jpg``): `make_image`'s picture of
+    seed `n`, with grain."""
+    return make_image(None, (w, h), seed=n, quality=quality, noise=_NOISE[n % len(_NOISE)])
 
 
 def make_png(n: int, w: int = DEFAULT_SIZE[0], h: int = DEFAULT_SIZE[1], alpha: bool = False) -> bytes:
-    """The PNG bytes of picture `n` at w x h, with a horizontal alpha ramp if `alpha`."""
-    image = Image.fromarray(_pattern(n, w, h))
-    if alpha:
-        ramp = np.broadcast_to(np.linspace(0, 255, w).astype(np.uint8)[None, :], (h, w))
-        image.putalpha(Image.fromarray(np.ascontiguousarray(ramp)))
-    return _encode(image, "PNG", compress_level=1)
-
-
-def bomb_png(side: int = BOMB_SIDE, rows: int = 16) -> bytes:
-    """A tiny PNG whose IHDR claims side x side RGB pixels (a decompression bomb).
-
-    Its IDAT holds `rows` compressed rows of zeros only: small in bytes, invalid to decode
-    in full, and Pillow refuses it at open time for its pixel count.
-    """
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * ((1 + 3 * side) * rows), 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    """The PNG bytes of picture `n` at w x h, RGBA (`make_image`'s transparent block and
+    half-transparent band) if `alpha`."""
+    return make_image(None, (w, h), mode="RGBA" if alpha else "RGB", fmt="PNG", seed=n,
+                      noise=_NOISE[n % len(_NOISE)])
 
 
 def _cmyk_jpeg() -> bytes:
-    return _encode(Image.fromarray(_pattern(1, 320, 240)).convert("CMYK"), "JPEG", quality=90)
+    return make_image(None, (320, 240), mode="CMYK", seed=1)
 
 
 def _palette_png() -> bytes:
-    image = Image.fromarray(_pattern(2, 320, 240)).quantize(colors=64)
-    return _encode(image, "PNG", transparency=0)
+    return make_image(None, (320, 240), mode="P", fmt="PNG", seed=2)
 
 
 def _exif_rotated_jpeg() -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
-    return _encode(Image.fromarray(_pattern(3, 400, 200)), "JPEG", quality=90, exif=exif.tobytes())
+    """Stored 400x200 with orientation 6 (rotate 90 CW to display): upright it is 200x400."""
+    return make_image(None, (400, 200), exif_orientation=6, seed=3)
 
 
 def _html() -> bytes:
@@ -319,7 +274,7 @@ class ImageServer:
         r.add_get("/hang", self._hang)
         r.add_get("/html", self._fixed(_html, "text/html"))
         r.add_get("/truncated.jpg", self._truncated)
-        r.add_get("/bomb.png", self._fixed(bomb_png, "image/png"))
+        r.add_get("/bomb.png", self._fixed(make_bomb_png, "image/png"))
         r.add_get(r"/redirect/{k:\d+}", self._redirect)
         r.add_get("/redirect-loop", self._redirect_loop)
         r.add_get("/reset", self._reset)
@@ -476,8 +431,8 @@ class ImageServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until interrupted: ``python -m datamill.io.imageserver [--port N] [--warm WxH]``."""
-    parser = argparse.ArgumentParser(prog="python -m datamill.io.imageserver", description=__doc__.split("\n\n")[0])
+    """Serve until interrupted: ``python -m datamill.testing.server [--port N] [--warm WxH]``."""
+    parser = argparse.ArgumentParser(prog="python -m datamill.testing.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pool", type=int, default=256, help="distinct pictures per size")

@@ -1,4 +1,4 @@
-"""io.report: the dedup report page, checked as a file and as rendered by headless Chromium."""
+"""io.dedup_report: the dedup report page, checked as a file and as rendered by headless Chromium."""
 from __future__ import annotations
 
 import base64
@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from datamill.engine.atomic import temp_path_for
-from datamill.io.report import ReportGroup, ReportMember, make_thumbnail, write_dedup_report
+from datamill.io.dedup_report import ReportGroup, ReportMember, make_thumbnail, write_dedup_report
 
 WEIRD_DIR = "odd</script><b>x"  # a real folder "odd<" holding "script><b>x"
 WEIRD_NAME = f"{WEIRD_DIR}/naïve café 東京 \"q\" & 'a'.png"
