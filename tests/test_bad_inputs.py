@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import datamill
-from datamill.engine.errors import UsageError
+from datamill.errors import UsageError
 from datamill.io.http import FetchOptions
 from datamill.jobs.clips import ClipOptions
 from datamill.media.video import cut_clips, plan_clip_tasks, probe_video

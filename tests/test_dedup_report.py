@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamill.engine.atomic import temp_path_for
+from datamill.atomic import temp_path_for
 from datamill.io.dedup_report import ReportGroup, ReportMember, make_thumbnail, write_dedup_report
 
 WEIRD_DIR = "odd</script><b>x"  # a real folder "odd<" holding "script><b>x"

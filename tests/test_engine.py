@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from datamill import pmap
-from datamill.engine.errors import UsageError
+from datamill.errors import UsageError
 from datamill.engine.executors import Executor
 from datamill.engine.run import RunOptions, run_job
 from datamill.engine.scheduler import Scheduler
@@ -292,7 +292,7 @@ def test_unwritable_dst_as_an_unprivileged_user(tmp_path):
     code = (
         "import os, sys; sys.path[:0] = [%r, %r];"
         "from textjob import UpperJob; from datamill.engine.run import run_job, RunOptions;"
-        "from datamill.engine.errors import UsageError;"
+        "from datamill.errors import UsageError;"
         "os.setgid(65534); os.setuid(65534)\n"
         "try:\n run_job(UpperJob(%r, %r), RunOptions(quiet=True))\n"
         "except UsageError as e:\n print('USAGE', e); sys.exit(2)\n"

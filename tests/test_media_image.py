@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamill.engine.errors import Filtered
+from datamill.errors import Filtered
 from datamill.media.image import ImageError, ImageOptions, load_image_rgb, process_image
 from datamill.testing.images import draw_image, make_bomb_png, make_image
 

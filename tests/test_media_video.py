@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamill.engine.atomic import TMP_MARK
+from datamill.atomic import TMP_MARK
 from datamill.testing.files import make_corrupt_file, make_truncated
 from datamill.testing.videos import make_audio_only, make_video, read_frame_number
 from datamill.media.video import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from datamill import cli
-from datamill.engine.errors import UsageError
+from datamill.errors import UsageError
 from datamill.engine.run import RunOptions
 from datamill.io.http import FetchOptions
 from datamill.jobs.clips import ClipOptions

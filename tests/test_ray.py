@@ -15,7 +15,7 @@ import pytest
 
 import datamill
 from datamill import pmap
-from datamill.engine.errors import UsageError
+from datamill.errors import UsageError
 from datamill.engine.executors import get_executor
 from datamill.engine.scheduler import Scheduler
 from datamill.engine.task import TaskRunner

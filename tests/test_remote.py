@@ -23,8 +23,8 @@ from moto.server import ThreadedMotoServer
 
 import datamill
 from datamill.cli import main
-from datamill.engine.atomic import TMP_MARK
-from datamill.engine.errors import UsageError
+from datamill.atomic import TMP_MARK
+from datamill.errors import UsageError
 from datamill.engine.ledger import Ledger
 from datamill.engine.status import describe
 from datamill.engine.storage import Dst, default_state_dir, state_path

@@ -76,7 +76,7 @@ def test_no_extensions_means_all_files(tmp_path: Path) -> None:
 
 
 def test_temp_files_skipped_silently(tmp_path: Path) -> None:
-    from datamill.engine.atomic import TMP_MARK
+    from datamill.atomic import TMP_MARK
 
     assert sources._TMP_MARK == TMP_MARK
     touch(tmp_path / "clip.mp4")

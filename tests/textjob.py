@@ -13,8 +13,8 @@ import time
 
 import pyarrow as pa
 
-from datamill.engine.atomic import write_text_atomic
-from datamill.engine.errors import Filtered, UsageError
+from datamill.atomic import write_text_atomic
+from datamill.errors import Filtered, UsageError
 from datamill.engine.job import Item, Job
 from datamill.engine.run import RunOptions, run_job
 from datamill.engine.task import TaskRunner

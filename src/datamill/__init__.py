@@ -6,7 +6,7 @@ TYPE_CHECKING = False  # as typing's, without importing typing
 # the jobs load PyAV, NumPy and PyArrow only when used.
 _PUBLIC = {
     "pmap": ".engine.pmap", "Result": ".engine.scheduler",
-    "Filtered": ".engine.errors", "ItemError": ".engine.errors", "UsageError": ".engine.errors",
+    "Filtered": ".errors", "ItemError": ".errors", "UsageError": ".errors",
     "RunOptions": ".engine.run", "RunReport": ".engine.run",
     "clips": ".jobs.clips", "dedup": ".jobs.dedup", "download": ".jobs.download",
 }
@@ -17,7 +17,7 @@ __all__ = ["pmap", "clips", "download", "dedup", "Result", "RunOptions", "RunRep
 if TYPE_CHECKING:
     from typing import Any
 
-    from .engine.errors import Filtered, ItemError, UsageError
+    from .errors import Filtered, ItemError, UsageError
     from .engine.pmap import pmap
     from .engine.run import RunOptions, RunReport
     from .engine.scheduler import Result

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__
-from .engine.errors import UsageError
+from .errors import UsageError
 from .engine.job import Job
 from .engine.run import EXIT_USAGE, RunOptions, run_job
 from .jobs.clips import ClipOptions, ClipsJob

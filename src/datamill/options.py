@@ -26,7 +26,7 @@ import dataclasses
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable, Iterator
 
-from .engine.errors import UsageError
+from .errors import UsageError
 
 __all__ = ["OptionError", "Options", "Spec", "option", "group", "validate", "fingerprint",
            "click_params", "from_cli", "from_flat", "split_flat", "flat_names", "flag_of",

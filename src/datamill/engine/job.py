@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
-from .errors import UsageError
+from ..errors import UsageError
 from .storage import Dst
 from .task import TaskRunner
 

@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from ..errors import UsageError
 
 _held: list["StateLock"] = []
 

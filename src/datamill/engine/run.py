@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
-from .errors import OutputTaken, SystemicFailure, UsageError
+from ..errors import OutputTaken, SystemicFailure, UsageError
 from .executors import EXECUTORS, Executor, WorkerInitError, get_executor
 from ..options import Options, Spec, option
 from .fault import fault

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import OutputTaken
+from ..errors import OutputTaken
 from .executors import Executor, TaskEncodingError
 from .task import FAILED, OK, Crash, Done, Outcome, TaskRunner, WorkItem, failed
 

@@ -11,7 +11,7 @@ import socket
 import sqlite3
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
 from .ledger import Ledger
 from .storage import Dst, state_path
 

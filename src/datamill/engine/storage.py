@@ -33,8 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .atomic import atomic_path, remove_output, remove_temps
-from .errors import UsageError
+from ..atomic import atomic_path, remove_output, remove_temps
+from ..errors import UsageError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 INSTALL_HINT = "pip install 'datamill[remote]'"

@@ -11,7 +11,7 @@ import traceback as tb
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from .errors import Filtered, ItemError
+from ..errors import Filtered, ItemError
 from .fault import fault
 
 if TYPE_CHECKING:

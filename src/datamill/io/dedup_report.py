@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, Any, Iterable
 
-from ..engine.atomic import atomic_path
-from ..engine.errors import ItemError
+from ..atomic import atomic_path
+from ..errors import ItemError
 from ..media.image import load_image_rgb
 
 JPEG_QUALITY = 70

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Iterator, Literal, Mapping, NamedTuple, TypeVa
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datamill.engine.atomic import rename_noreplace, temp_path_for, write_bytes_atomic
+from datamill.atomic import rename_noreplace, temp_path_for, write_bytes_atomic
 
 __all__ = [
     "ShardFormat",

@@ -33,8 +33,10 @@ __all__ = [
 
 log = logging.getLogger("datamill")
 
-# Same marker as datamill.engine.atomic.TMP_MARK (kept here so io does not import engine).
+# The temporary names of unfinished writes (datamill.atomic.TMP_MARK): skipped.  Not imported:
+# this module imports only the standard library (a test loads it alone, as another user).
 _TMP_MARK = ".datamill-tmp-"
+
 
 MAX_RECORDED_ERRORS = 1000
 

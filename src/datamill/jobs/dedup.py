@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..engine.atomic import atomic_path, remove_output, rename_noreplace
-from ..engine.errors import UsageError
+from ..atomic import atomic_path, remove_output, rename_noreplace
+from ..errors import UsageError
 from ..engine.job import Item
 from ..engine.task import (FAILED, FILTERED, OK, Outcome, TaskContext, TaskRunner, failed,
                            failed_with, filtered, ok)

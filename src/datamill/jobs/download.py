@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..engine.errors import Filtered, ItemError, UsageError
+from ..errors import Filtered, ItemError, UsageError
 from ..engine.job import Item, Job
 from ..engine.keys import ContentKeys
 from ..engine.run import RunOptions, RunReport, run_job

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Any, Iterator
 
-from ..engine.errors import UsageError
+from ..errors import UsageError
 from ..engine.job import Item, Job
 from ..io.sources import FileEntry, WalkStats, readable_path, walk_files
 

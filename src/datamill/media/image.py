@@ -43,7 +43,7 @@ from typing import IO, Literal
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..engine.errors import Filtered, ItemError
+from ..errors import Filtered, ItemError
 from ..options import OptionError, Options, option
 
 ERROR_CLASSES = ("not_image", "decode_error", "too_large", "encode_error")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .base import Executor, TaskEncodingError, WorkerInitError, default_workers
 from .local import LocalExecutor
 from .serial import SerialExecutor

@@ -31,7 +31,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
-from ..errors import UsageError
+from ...errors import UsageError
 from ..task import Done, TaskRunner, picklable_results
 
 PREFETCH = 2  # tasks held by one worker for short tasks: one running, one ready to start

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import ray
 
-from ..errors import UsageError
+from ...errors import UsageError
 from ..task import Crash, Done, TaskRunner, failed_with
 from .base import Executor, WorkerInitError, dumps, dumps_results, dumps_task
 

@@ -14,7 +14,7 @@ import av
 import av.error
 import numpy as np
 
-from ...engine.atomic import atomic_path, rename_noreplace, temp_path_for
+from ...atomic import atomic_path, rename_noreplace, temp_path_for
 from .audio import AudioTrack
 from .errors import VideoError, reraise_if_disk_full
 from .plan import ClipSpec

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 
-from ...engine.errors import ItemError
+from ...errors import ItemError
 
 ERROR_CLASSES = ("unreadable", "no_video_stream", "empty", "decode_error", "encode_error",
                  "size_too_large")

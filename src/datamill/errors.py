@@ -1,4 +1,18 @@
-"""Errors that carry an outcome: what a worker raises to say how an item ended.
+"""Errors that carry an outcome: what a worker raises to say how an item ended, and what
+stops a run.  Every exception class of datamill, in one tree:
+
+    Exception
+    ├── Filtered                  an item removed on purpose (too small, duplicate): not a failure
+    ├── ItemError                 an item failed, with a short stable class (decode_error, ...)
+    │   ├── ImageError            media/image.py: not_image, too_large, decode_error, ...
+    │   └── VideoError            media/video/errors.py: unreadable, no_video_stream, ...
+    ├── UsageError                a bad request (missing SRC, a non-datamill DST): exit 2
+    │   └── OptionError           options.py: a bad option value, naming its flag (also a ValueError)
+    ├── SystemicFailure           the job cannot usefully go on (nearly all fail, disk full)
+    ├── OutputTaken               a path a task would write is the user's
+    ├── SourceError               io/sources.py: a list file that cannot be read to its end
+    ├── TaskEncodingError         engine/executors/base.py: a payload that cannot be pickled
+    └── WorkerInitError           engine/executors/base.py: the per-worker initializer failed
 
 A worker's function raises `Filtered` to drop an item on purpose (not a failure) and an
 `ItemError` (or a subclass) to fail it with a short, stable error class such as
@@ -36,11 +50,6 @@ class UsageError(Exception):
 
 class SystemicFailure(Exception):
     """The job cannot usefully go on (nearly everything fails, disk full, SRC gone)."""
-
-
-class InputError(Exception):
-    """Reading the job's input failed part-way (a truncated .gz, a file that is not the
-    format it claims); the message names the file.  The job stops and reports what it did."""
 
 
 class OutputTaken(Exception):
