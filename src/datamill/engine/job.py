@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 
 from ..errors import UsageError
-from .storage import Dst
+from .storage import STATE_FOLDER, Dst
 from .task import TaskRunner
 
 
@@ -135,8 +135,8 @@ class Job(ABC):
         if not create:
             return
         try:
-            (dst / "_datamill").mkdir(parents=True, exist_ok=True)
-            probe = dst / "_datamill" / f".write-test-{os.getpid()}"
+            (dst / STATE_FOLDER).mkdir(parents=True, exist_ok=True)
+            probe = dst / STATE_FOLDER / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:

@@ -35,7 +35,7 @@ from .ledger import PENDING, ItemState, Ledger
 from .lock import StateLock
 from .progress import Progress
 from .scheduler import Result, Scheduler
-from .storage import state_dir_for
+from .storage import LEDGER_FILE, STATE_FOLDER, state_dir_for
 from .task import FAILED, FILTERED, OK, WorkItem, failed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -142,10 +142,10 @@ def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
 def check_dst_is_ours(job: Job, allow_existing: bool) -> None:
     """Refuse a DST that holds files but no ledger of ours (datamill would write among files
     it does not know), unless the user allows it; then they are never touched."""
-    if (job.state_dir / "state.sqlite").is_file() or allow_existing:
+    if (job.state_dir / LEDGER_FILE).is_file() or allow_existing:
         return
     try:
-        names = sorted(n for n in job.dst.names() if n != "_datamill")
+        names = sorted(n for n in job.dst.names() if n != STATE_FOLDER)
     except (OSError, UsageError):
         return  # not a folder, unreadable: validate() says so
     if names:
@@ -188,7 +188,7 @@ def make_executor(opts: RunOptions) -> Executor:
 def open_ledger(job: Job) -> Ledger:
     """The job's ledger in its state folder.  A state folder outside DST remembers its DST:
     using it for another DST would skip items whose outputs are not there."""
-    path = job.state_dir / "state.sqlite"
+    path = job.state_dir / LEDGER_FILE
     try:
         ledger = Ledger(path)
     except (OSError, sqlite3.Error) as exc:
@@ -202,7 +202,7 @@ def open_ledger(job: Job) -> Ledger:
             reserve.write_bytes(b"\0" * (1 << 20))
         except OSError:
             reserve.unlink(missing_ok=True)
-    if job.dst.path is not None and job.state_dir == job.dst.path / "_datamill":
+    if job.dst.path is not None and job.state_dir == job.dst.path / STATE_FOLDER:
         return ledger  # travels with DST (a moved folder keeps its ledger)
     owner = ledger.get_meta("dst")
     if owner not in (None, job.dst.url):
@@ -297,7 +297,6 @@ class _Run:
         self.skipped_failed = 0
         self.window: deque[tuple[str, str | None]] = deque()  # (key, error class or None)
         self.window_failed = 0
-        self.this_run: Counter[str] = Counter()
         self.sched: Scheduler | None = None
         self.progress: Progress | None = None
         self.run_id = 0
@@ -352,7 +351,7 @@ class _Run:
             st = states.get(it.key)
             if st is not None and st.same_source(it.size, it.mtime):
                 if st.status in (OK, FILTERED):
-                    self.skipped_done += 1
+                    self.skipped_done += it.parent is None  # counted in the input's units
                     follow: list[Item] = []
                     if st.status == OK and it.stage != self.job.final_stage:
                         follow = list(self._fresh(self._expand(it, json.loads(st.records))))
@@ -360,7 +359,7 @@ class _Run:
                     yield from follow
                     continue
                 if not self._retrying(st.reason):
-                    self.skipped_failed += 1
+                    self.skipped_failed += it.parent is None
                     self._opened(it, FAILED, 0, now=False)
                     continue
             if st is not None and not self.dry:
@@ -633,7 +632,6 @@ class _Run:
                 self.meta[f.key] = f
             self.sched.add((f.key, f.payload) for f in follow)
             self._opened(it, OK, len(follow), now=True)
-        self.this_run[status] += 1
         if not (status == OK and it.parent is None and it.stage != self.job.final_stage):
             self._closed(it, status, reason)
         self._watch(it, status, reason, r, stop=watch)
@@ -665,11 +663,11 @@ class _Run:
     def _finalize(self, started: float, status: str, message: str) -> RunReport:
         job, ledger, dst = self.job, self.ledger, self.job.dst
         wall = time.time() - started
-        done_now = sum(self.this_run.values())
+        done_now = self.progress.done  # the input's items (videos, not their clip ranges)
         run_stats = {
             "status": status, "seconds": round(wall, 3), "items": done_now,
             "items_per_second": round(done_now / wall, 3) if wall > 0 else None,
-            "outcomes": dict(self.this_run), "skipped_done": self.skipped_done,
+            "outcomes": dict(self.progress.counts), "skipped_done": self.skipped_done,
             "skipped_failed": self.skipped_failed, "executor": self.opts.executor,
             "workers": self.sched.executor.workers if self.sched else None,
         }
@@ -763,7 +761,7 @@ def _summary(job: Job, stats: dict, run: dict, extra: list[str], message: str,
 
 def _dry_run(job: Job, opts: RunOptions) -> RunReport:
     """Say what a run would do, writing nothing (the ledger, if any, is opened read-only)."""
-    path = job.state_dir / "state.sqlite"
+    path = job.state_dir / LEDGER_FILE
     ledger = Ledger(path, readonly=True) if path.is_file() else None
     try:
         if ledger is not None:

@@ -39,6 +39,7 @@ from ..errors import UsageError
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 INSTALL_HINT = "pip install 'datamill[remote]'"
 LEDGER_FILE = "state.sqlite"  # in the state folder (`state_dir_for`)
+STATE_FOLDER = "_datamill"  # the state folder of a local DST, inside it
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -243,7 +244,7 @@ def state_dir_for(dst: Dst, state_dir: str | os.PathLike | None = None) -> Path:
     if state_dir is not None:
         return Path(state_dir).expanduser()
     if dst.path is not None:
-        return dst.path / "_datamill"
+        return dst.path / STATE_FOLDER
     return default_state_dir(dst)
 
 
