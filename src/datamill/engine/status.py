@@ -74,7 +74,7 @@ def _summary(ledger: Ledger, dst: str, path: Path) -> list[str]:
         when = dt.datetime.fromtimestamp(run["started"]).strftime("%Y-%m-%d %H:%M:%S")
         rate = stats.get("items_per_second")
         lines.append(f"  run {run['id']} {when}: {_run_status(run)}"
-                     + (f", {stats.get('items', 0)} items in {stats.get('seconds', 0):.1f} s"
+                     + (f", {stats.get('items', 0)} {unit}s in {stats.get('seconds', 0):.1f} s"
                         f" ({rate or 0:.1f}/s)" if stats else ""))
     return lines
 
