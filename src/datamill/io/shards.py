@@ -223,15 +223,8 @@ class ShardWriter(abc.ABC):
         """Refuse a record this format cannot store (before anything is written)."""
 
     @abc.abstractmethod
-    def _write(
-        self,
-        key: str,
-        data: bytes | None,
-        ext: str | None,
-        meta: Mapping[str, Any],
-        meta_json: str,
-        caption: str | None,
-    ) -> str | None:
+    def _write(self, key: str, data: bytes | None, ext: str | None, meta: Mapping[str, Any],
+               meta_json: str, caption: str | None) -> str | None:
         """Write one validated record; return its payload's name (see `add`)."""
 
     @abc.abstractmethod
@@ -292,15 +285,8 @@ class FilesShardWriter(ShardWriter):
         self._written: list[Path] = []
         self._bytes = 0
 
-    def _write(
-        self,
-        key: str,
-        data: bytes | None,
-        ext: str | None,
-        meta: Mapping[str, Any],
-        meta_json: str,
-        caption: str | None,
-    ) -> str | None:
+    def _write(self, key: str, data: bytes | None, ext: str | None, meta: Mapping[str, Any],
+               meta_json: str, caption: str | None) -> str | None:
         self.path.mkdir(parents=True, exist_ok=True)
         for name, payload in _members(key, data, ext, meta_json, caption):
             target = self.path / name
@@ -348,15 +334,8 @@ class WebDatasetShardWriter(ShardWriter):
         self._tmp = temp_path_for(self.path)
         self._file = open(self._tmp, "wb")
 
-    def _write(
-        self,
-        key: str,
-        data: bytes | None,
-        ext: str | None,
-        meta: Mapping[str, Any],
-        meta_json: str,
-        caption: str | None,
-    ) -> str | None:
+    def _write(self, key: str, data: bytes | None, ext: str | None, meta: Mapping[str, Any],
+               meta_json: str, caption: str | None) -> str | None:
         write = self._file.write
         for name, payload in _members(key, data, ext, meta_json, caption):
             write(_tar_header(name, len(payload)))
@@ -523,15 +502,8 @@ class ParquetShardWriter(ShardWriter):
                     f"meta[{name!r}] = {value!r} does not fit parquet column type {type_}"
                 ) from e
 
-    def _write(
-        self,
-        key: str,
-        data: bytes | None,
-        ext: str | None,
-        meta: Mapping[str, Any],
-        meta_json: str,
-        caption: str | None,
-    ) -> str | None:
+    def _write(self, key: str, data: bytes | None, ext: str | None, meta: Mapping[str, Any],
+               meta_json: str, caption: str | None) -> str | None:
         row = {"key": key, "image": data, "ext": ext, "caption": caption, "meta": meta_json}
         for name in self.schema.names:
             self._columns[name].append(row[name] if name in row else meta.get(name))
