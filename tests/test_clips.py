@@ -12,7 +12,7 @@ import pytest
 
 import datamill
 from datamill.engine.ledger import Ledger
-from datamill.engine.storage import state_path
+from datamill.engine.dst import state_path
 from datamill.testing.files import make_corrupt_file, make_truncated
 from datamill.testing.videos import make_audio_only, make_video, read_frame_number
 

@@ -27,7 +27,7 @@ from datamill.atomic import TMP_MARK
 from datamill.errors import UsageError
 from datamill.engine.ledger import Ledger
 from datamill.engine.status import describe
-from datamill.engine.storage import Dst, default_state_dir, state_path
+from datamill.engine.dst import Dst, default_state_dir, state_path
 from datamill.io.http import FetchOptions
 from datamill.media.image import ImageOptions
 from datamill.testing.files import make_corrupt_file

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 
 from ..errors import UsageError
-from .storage import STATE_FOLDER, Dst
+from .dst import STATE_FOLDER, Dst
 from .task import TaskRunner
 
 
@@ -52,7 +52,7 @@ class Job(ABC):
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike | Dst):
         self.src = Path(src)
-        self.dst = Dst(dst)  # a local folder or an fsspec URL (engine/storage.py)
+        self.dst = Dst(dst)  # a local folder or an fsspec URL (engine/dst.py)
         self.state_dir: Path | None = None  # the ledger's folder, set by the run loop
 
     # -- the contract ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .ledger import Ledger
-from .storage import Dst
+from .dst import Dst
 from .task import FAILED, OK
 
 REPORT_NAMES = ("manifest.parquet", "failures.jsonl", "stats.json")

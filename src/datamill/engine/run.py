@@ -35,7 +35,7 @@ from .ledger import PENDING, ItemState, Ledger
 from .lock import StateLock
 from .progress import Progress
 from .scheduler import Result, Scheduler
-from .storage import LEDGER_FILE, STATE_FOLDER, state_dir_for
+from .dst import LEDGER_FILE, STATE_FOLDER, state_dir_for
 from .task import FAILED, FILTERED, OK, WorkItem, failed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from .ledger import Ledger
-from .storage import Dst, state_path
+from .dst import Dst, state_path
 
 
 def describe(dst: str | Path, state_dir: str | Path | None = None) -> str:

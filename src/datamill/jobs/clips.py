@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from ..engine.job import Item
-from ..engine.storage import Dst
+from ..engine.dst import Dst
 from ..engine.task import Outcome, TaskRunner, failed
 from .tree import TreeJob
 from ..media.video import (AUDIO_MODES, CODECS, FORMATS, ClipSpec, ClipTask, VideoError,

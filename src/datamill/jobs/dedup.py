@@ -446,7 +446,7 @@ class DedupJob(TreeJob):
         index -> (reference file, distance)."""
         from ..engine.ledger import Ledger
         from ..engine.run import RunOptions, run_job
-        from ..engine.storage import state_path
+        from ..engine.dst import state_path
         ref = Path(self.opts.against)
         if not state_path(ref).is_file():  # a folder of images: hash it through the engine
             ref_dst = self.state_dir / "against"

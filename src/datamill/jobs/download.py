@@ -26,7 +26,7 @@ from ..errors import Filtered, ItemError, UsageError
 from ..engine.job import Item, Job
 from ..engine.keys import ContentKeys
 from ..engine.run import RunOptions, RunReport, run_job
-from ..engine.storage import Dst
+from ..engine.dst import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
 from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
