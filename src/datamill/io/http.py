@@ -36,7 +36,7 @@ import random
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, AsyncIterable, AsyncIterator, Iterable, Union
@@ -165,20 +165,20 @@ class FetchResult:
         return self.status == "ok"
 
 
+@dataclass(eq=False)
 class _AttemptFailed(Exception):
     """One attempt ended without a body: why, and whether (and when) to try again."""
 
-    def __init__(self, error_class: str, message: str, *, retryable: bool = False,
-                 http_status: int | None = None, retry_after: float | None = None,
-                 content_type: str | None = None, final_url: str | None = None):
-        super().__init__(message)
-        self.error_class = error_class
-        self.message = message
-        self.retryable = retryable
-        self.http_status = http_status
-        self.retry_after = retry_after
-        self.content_type = content_type
-        self.final_url = final_url
+    error_class: str
+    message: str
+    retryable: bool = field(default=False, kw_only=True)
+    http_status: int | None = field(default=None, kw_only=True)
+    retry_after: float | None = field(default=None, kw_only=True)
+    content_type: str | None = field(default=None, kw_only=True)
+    final_url: str | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 
 @dataclass
