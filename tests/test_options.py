@@ -20,7 +20,7 @@ JOBS = {"clips": ClipOptions, "download": DownloadOptions, "dedup": DedupOptions
 
 def cli_defaults(command: str) -> dict:
     """Each option of `datamill COMMAND` with its default as the command would pass it."""
-    cmd = cli.main.commands[command]
+    cmd = cli.main.get_command(None, command)
     ctx = cmd.make_context(command, ["SRC", "DST"])
     return {k: v for k, v in ctx.params.items() if k not in ("src", "dst")}
 
@@ -41,20 +41,20 @@ def test_every_cli_option_is_an_api_keyword():
     from datamill.options import flat_names
     for command, cls in JOBS.items():
         names = set(flat_names(cls)) | set(flat_names(RunOptions))
-        for param in cli.main.commands[command].params:
+        for param in cli.main.get_command(None, command).params:
             if param.name not in ("src", "dst") and not param.name.endswith("__off"):
                 assert param.name in names, (command, param.name)
 
 
 def test_download_retries_and_timeout_are_per_url_in_both():
-    params = {p.name: p for p in cli.main.commands["download"].params}
+    params = {p.name: p for p in cli.main.get_command(None, "download").params}
     assert params["retries"].default == 2 == FetchOptions().retries
     assert params["timeout"].default == 10.0 == FetchOptions().timeout
     opts, run = split_flat([DownloadOptions, RunOptions], {"retries": 5, "timeout": 3.0})
     assert (opts.fetch.retries, opts.fetch.timeout) == (5, 3.0)
     assert (run.retries, run.timeout) == (RunOptions().retries, RunOptions().timeout)
     # the other jobs keep the engine's per-item ones
-    clip_params = {p.name: p for p in cli.main.commands["clips"].params}
+    clip_params = {p.name: p for p in cli.main.get_command(None, "clips").params}
     assert clip_params["retries"].default == RunOptions().retries == 1
 
 

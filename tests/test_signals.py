@@ -248,10 +248,10 @@ def test_interrupt_while_importing_the_commands_exits_130():
 def test_interrupt_in_a_command_exits_130_not_aborted(tmp_path):
     r = _entry(f"""
         import sys
-        import datamill.cli
+        import datamill.job_commands
         def interrupted(job, opts):  # Ctrl-C before the run loop handles it itself
             raise KeyboardInterrupt
-        datamill.cli.run_job = interrupted
+        datamill.job_commands.run_job = interrupted
         from datamill.__main__ import run
         sys.exit(run(["clips", {str(tmp_path)!r}, {str(tmp_path / "out")!r}]))
     """)

@@ -5,63 +5,52 @@ statuses; the commands here exit with the engine's status.
 """
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from . import __version__
 from .errors import UsageError
-from .engine.job import Job
-from .engine.run import EXIT_USAGE, RunOptions, run_job
-from .jobs.clips import ClipOptions, ClipsJob
-from .jobs.dedup import DedupJob, DedupOptions
-from .jobs.download import DownloadJob, DownloadOptions
-from .options import click_params, from_cli, split_flat
+
+EXIT_USAGE = 2  # engine/run.py's, without loading the engine for `--help`
+
+# The job commands live in job_commands.py, loaded when one is asked for; their one-line help
+# is repeated here so that `datamill --help` lists them without loading PyAV and PyArrow.
+JOB_COMMANDS = {
+    "clips": "Cut every video under SRC into fixed-length, resized clips in DST (mirroring SRC).",
+    "download": "Download the images of a URL list URLS (txt, csv, tsv, jsonl, parquet, .gz) "
+                "into DST.",
+    "dedup": "Find exact and near-duplicate images under SRC: groups, report and survivors in DST.",
+}
 
 
-def job_command(options_cls: type, make_job: Callable[[str, str, Any], Job]) -> Callable:
-    """Make a function `fn(src, dst, **kw)` into the command of a job whose options are
-    `options_cls`: its options and the engine's (`RunOptions`) are derived from their
-    declarations; a job option with the flag of an engine option replaces it (download's
-    per-URL --timeout and --retries)."""
-    params = click_params(options_cls)
-    taken = {p.opts[0] for p in params}
-    params += click_params(RunOptions, exclude=taken)
+class _Commands(click.Group):
+    """A group whose job commands are imported only when used."""
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def command(src: str, dst: str, **kw: Any) -> None:
-            execute(lambda: _build(options_cls, make_job, src, dst, kw))
-        command.__click_params__ = params[::-1]  # type: ignore[attr-defined]  # as click.option does
-        return command
-    return decorate
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *JOB_COMMANDS])
 
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name in JOB_COMMANDS:
+            from . import job_commands
+            return getattr(job_commands, name)
+        return super().get_command(ctx, name)  # type: ignore[arg-type]
 
-def _build(options_cls: type, make_job: Callable[[str, str, Any], Job], src: str, dst: str,
-           kw: dict[str, Any]) -> tuple[Job, RunOptions]:
-    opts, run = split_flat([options_cls, RunOptions], from_cli(kw))
-    run.validate()
-    run.argv = sys.argv
-    return make_job(src, dst, opts), run
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in JOB_COMMANDS:
+                rows.append((name, JOB_COMMANDS[name]))
+            else:
+                rows.append((name, self.commands[name].get_short_help_str(
+                    formatter.width - 6 - len(name))))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
-def execute(build: Callable[[], tuple[Job, RunOptions]]) -> None:
-    """Build the job and run it; exit with the engine's status (0, 1, 2 or 130).  Only a
-    UsageError (a bad option, a missing SRC...) is exit 2: any other exception, a ValueError
-    from a bug included, is a traceback and exit 1.  A Ctrl-C that the engine does not
-    handle itself reaches __main__.run as KeyboardInterrupt."""
-    try:
-        job, opts = build()
-        report = run_job(job, opts)
-    except UsageError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    sys.exit(report.exit_code)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Commands,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="datamill")
 def main() -> None:
     """Turn raw media collections into training-ready datasets on every core.
@@ -82,38 +71,6 @@ def status(dst: str, state_dir: str | None) -> None:
     except UsageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-
-
-@main.command()
-@click.argument("src", type=click.Path())
-@click.argument("dst", type=click.Path())
-@job_command(ClipOptions, lambda src, dst, opts: ClipsJob(src, dst, opts, opts.extensions))
-def clips(src: str, dst: str, **kw: Any) -> None:
-    """Cut every video under SRC into fixed-length, resized clips in DST (mirroring SRC)."""
-
-
-@main.command()
-@click.argument("src", type=click.Path(), metavar="URLS")
-@click.argument("dst", type=click.Path())
-@job_command(DownloadOptions, DownloadJob)
-def download(src: str, dst: str, **kw: Any) -> None:
-    """Download the images of a URL list URLS (txt, csv, tsv, jsonl, parquet, .gz) into DST.
-
-    --timeout is a total deadline per URL (connect and every read), default 10 s; --retries
-    retries connection errors, timeouts, 5xx and 429 (Retry-After honoured).
-    """
-
-
-@main.command()
-@click.argument("src", type=click.Path())
-@click.argument("dst", type=click.Path())
-@job_command(DedupOptions, lambda src, dst, opts: DedupJob(src, dst, opts, opts.extensions))
-def dedup(src: str, dst: str, **kw: Any) -> None:
-    """Find exact and near-duplicate images under SRC: groups, report and survivors in DST.
-
-    Rerunning after adding images hashes only the new ones; changing --threshold, --keep or
-    --action regroups from the stored hashes (no --overwrite needed).
-    """
 
 
 @main.command()
