@@ -390,3 +390,14 @@ def test_download_and_clips_on_ray_into_s3(ray_with_s3, bucket, urls, videos, tm
     assert (remote.exit_code, remote.counts) == (local.exit_code, local.counts)
     assert_same_outputs(objects(fs, url + "/clips"), local_files(tmp_path / "clips"))
     assert not [r for r in caplog.records if "nodes" in r.getMessage()]
+
+
+def test_a_second_state_folder_for_the_same_store_is_refused(bucket, urls, tmp_path):
+    fs, url = bucket
+    first = download(urls, url, "webdataset", workers=1, state_dir=tmp_path / "state-a")
+    assert first.counts["ok"] == 9
+    before = objects(fs, url)
+    with pytest.raises(UsageError, match="is written by the ledger of host"):
+        download(urls, url, "webdataset", workers=1, state_dir=tmp_path / "state-b",
+                 allow_existing=True)
+    assert objects(fs, url) == before  # nothing written, nothing removed

@@ -144,3 +144,22 @@ class Job(ABC):
 
     def source_gone(self) -> bool:
         return not self.src.exists()
+
+
+def chunked(iterable: Iterable[Any], n: int) -> Iterator[list]:
+    """Lists of `n` items; when the iterable fails, the items read before come first."""
+    it = iter(iterable)
+    while True:
+        chunk: list = []
+        try:
+            for _ in range(n):
+                chunk.append(next(it))
+        except StopIteration:
+            if chunk:
+                yield chunk
+            return
+        except Exception:
+            if chunk:
+                yield chunk
+            raise
+        yield chunk

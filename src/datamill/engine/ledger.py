@@ -269,12 +269,6 @@ class Ledger:
             "THEN 'filtered' ELSE 'ok' END, COUNT(*) "
             "FROM items p WHERE p.parent IS NULL GROUP BY 1"))
 
-    def top_level_counts(self) -> dict[str, int]:
-        """How many items the job's input gave (not those that followed from them), by stage."""
-        self.flush()
-        return dict(self.db.execute(
-            "SELECT stage, COUNT(*) FROM items WHERE parent IS NULL GROUP BY stage"))
-
     def forget(self, keys: Iterable[str]) -> None:
         """Drop items so that the next run does them again."""
         self.flush()

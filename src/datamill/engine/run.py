@@ -29,7 +29,7 @@ from ..errors import OutputTaken, SystemicFailure, UsageError
 from .executors import EXECUTORS, Executor, WorkerInitError, get_executor
 from ..options import Options, Spec, option
 from .fault import fault
-from .job import Item, Job
+from .job import Item, Job, chunked
 from .job_reports import REPORT_NAMES, write_failures, write_manifest, write_stats
 from .ledger import PENDING, ItemState, Ledger
 from .lock import StateLock
@@ -270,25 +270,6 @@ class _Interrupts:
                 pass
 
 
-def _chunks(iterable: Iterable[Any], n: int) -> Iterator[list]:
-    """Lists of `n` items; when the iterable fails, the items read before come first."""
-    it = iter(iterable)
-    while True:
-        chunk: list = []
-        try:
-            for _ in range(n):
-                chunk.append(next(it))
-        except StopIteration:
-            if chunk:
-                yield chunk
-            return
-        except Exception:
-            if chunk:
-                yield chunk
-            raise
-        yield chunk
-
-
 class _Run:
     def __init__(self, job: Job, opts: RunOptions, ledger: Ledger):
         self.job, self.opts, self.ledger = job, opts, ledger
@@ -305,20 +286,20 @@ class _Run:
         self.notes: list[str] = []
         self.interrupts = _Interrupts()
         self.item_errors: list[Item] = []
-        self.top_before: dict[str, int] = {}  # the input's items in the ledger, by stage
-        self.top_stage = ""
+        self.top_before = 0  # the input's items in the ledger when the run started
         self.found_top = 0
         self.input_error: str | None = None  # reading the input failed part-way
         self.last_task: int | None = None
-        self.open: dict[str, list] = {}  # top-level key -> [items still to run, worst status]
-        self.reasons: dict[str, str | None] = {}  # top-level key -> its first failure class
+        # top-level key -> [items that followed from it still to run, worst status, its
+        # first failure class]
+        self.open: dict[str, list] = {}
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
         items: Iterable[Item] = self.job.items()
         if self.opts.limit is not None:
             items = itertools.islice(items, self.opts.limit)
-        chunks = _chunks(items, 256)
+        chunks = chunked(items, 256)
         while True:
             try:
                 chunk = next(chunks)
@@ -333,7 +314,6 @@ class _Run:
                                     else f"reading the input {name} failed: {exc}")
                 return
             self.interrupts.check()
-            self.top_stage = chunk[0].stage
             for it in self._fresh(chunk):
                 if it.error is not None:
                     self.item_errors.append(it)
@@ -374,7 +354,7 @@ class _Run:
         if it.parent is not None or self.progress is None:
             return
         if pending:
-            self.open[it.key] = [pending, status]
+            self.open[it.key] = [pending, status, None]
         elif now:
             self.progress.update(status)
         else:
@@ -393,10 +373,10 @@ class _Run:
         if status == FAILED or (status == FILTERED and entry[1] == OK):
             entry[1] = status
             if status == FAILED:
-                self.reasons[it.parent] = reason
+                entry[2] = reason
         if entry[0] == 0:
             del self.open[it.parent]
-            self.progress.update(entry[1], self.reasons.pop(it.parent, None))
+            self.progress.update(entry[1], entry[2])
 
     def _expand(self, it: Item, records: Any) -> list[Item]:
         follow = list(self.job.expand(it, records))
@@ -464,7 +444,7 @@ class _Run:
             ledger.clear()
             self.notes.append(f"--overwrite: removed the {n} outputs of earlier runs")
         self._check_reports()
-        self.top_before = ledger.top_level_counts()
+        self.top_before = sum(ledger.top_level_outcomes().values())
         self.job.prepare(ledger, self.opts.overwrite)
         ledger.set_meta("job", self.job.name)
         ledger.set_meta("unit", self.job.unit)
@@ -679,7 +659,7 @@ class _Run:
         def end() -> None:
             nonlocal stats, extra, n_failed
             if status == "completed" and self.read_all:
-                ledger.set_meta("gone", self.top_before.get(self.top_stage, 0) - self.found_top)
+                ledger.set_meta("gone", self.top_before - self.found_top)
             counts = ledger.top_level_outcomes()
             ledger.end_run(self.run_id, status, run_stats)
             n_manifest = write_manifest(ledger, dst, job.manifest_fields, job.final_stage)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import itertools
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from ..errors import Filtered, ItemError, UsageError
-from ..engine.job import Item, Job
+from ..engine.job import Item, Job, chunked
 from ..engine.keys import ContentKeys
 from ..engine.run import RunOptions, RunReport, run_job
 from ..engine.dst import Dst
@@ -173,7 +172,7 @@ class DownloadJob(Job):
         keys = ContentKeys()
         try:
             rows = read_rows(self.src, self.opts.input_format, text_column=self.opts.url_col)
-            for chunk in _chunks(rows, 1024):
+            for chunk in chunked(rows, 1024):
                 parsed = [self._parse(row) for row in chunk]
                 for key, (row, content, url, caption, kept, error) in zip(
                         keys.keys_for([p[1] for p in parsed]), parsed):
@@ -231,21 +230,6 @@ class DownloadJob(Job):
         if asked == "http_5xx":
             return (error_class or "").startswith("http_5")
         return asked == error_class
-
-
-def _chunks(rows: Iterator[Any], n: int) -> Iterator[list]:
-    """Lists of `n` rows; when reading fails, the rows read before come first."""
-    while True:
-        chunk: list = []
-        try:
-            chunk.extend(itertools.islice(rows, n))  # keeps what it read if reading fails
-        except Exception:
-            if chunk:
-                yield chunk
-            raise
-        if not chunk:
-            return
-        yield chunk
 
 
 def _text(value: Any) -> str | None:
