@@ -255,12 +255,20 @@ class Ledger:
         return self.db.execute("SELECT COUNT(*) FROM items WHERE status='failed' "
                                "AND source IS NOT NULL").fetchone()[0]
 
+    def count_top_level(self) -> int:
+        """How many items the input gave (not those that followed from them)."""
+        self.flush()
+        if ("items", "parent") in self._missing:
+            return sum(self.counts().values())
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE parent IS NULL").fetchone()[0]
+
     def top_level_outcomes(self) -> dict[str, int]:
         """Counts by outcome of the items the input gave, each judged with the items that
         followed from it (a video with a failed clip range failed)."""
         self.flush()
-        if ("items", "parent") in self._missing:
-            return self.counts()
+        if ("items", "parent") in self._missing or self.db.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM items WHERE parent IS NOT NULL)").fetchone()[0]:
+            return self.counts()  # no item followed from another: each is its own outcome
         return dict(self.db.execute(
             "SELECT CASE WHEN p.status != 'ok' THEN p.status "
             "WHEN EXISTS (SELECT 1 FROM items c WHERE c.parent = p.key AND c.status = 'failed') "

@@ -444,7 +444,7 @@ class _Run:
             ledger.clear()
             self.notes.append(f"--overwrite: removed the {n} outputs of earlier runs")
         self._check_reports()
-        self.top_before = sum(ledger.top_level_outcomes().values())
+        self.top_before = ledger.count_top_level()
         self.job.prepare(ledger, self.opts.overwrite)
         ledger.set_meta("job", self.job.name)
         ledger.set_meta("unit", self.job.unit)
