@@ -9,9 +9,10 @@ _PUBLIC = {
     "Filtered": ".errors", "ItemError": ".errors", "UsageError": ".errors",
     "RunOptions": ".engine.run", "RunReport": ".engine.run",
     "clips": ".jobs.clips", "dedup": ".jobs.dedup", "download": ".jobs.download",
+    "map": ".jobs.map", "read_shards": ".io.records",
 }
 
-__all__ = ["pmap", "clips", "download", "dedup", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
+__all__ = ["pmap", "clips", "download", "dedup", "map", "read_shards", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
            "UsageError", "__version__"]
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from .jobs.clips import clips
     from .jobs.dedup import dedup
     from .jobs.download import download
+    from .jobs.map import map
+    from .io.records import read_shards
     __version__: str
 
 

@@ -22,6 +22,7 @@ JOB_COMMANDS = {
     "download": "Download the images of a URL list URLS (txt, csv, tsv, jsonl, parquet, .gz) "
                 "into DST.",
     "dedup": "Find exact and near-duplicate images under SRC: groups, report and survivors in DST.",
+    "map": "Run a function (--fn FILE.py:NAME) over the items of SRC into shards in DST.",
 }
 
 
@@ -34,7 +35,7 @@ class _Commands(click.Group):
     def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
         if name in JOB_COMMANDS:
             from . import job_commands
-            return getattr(job_commands, name)
+            return getattr(job_commands, name if name != "map" else "map_")
         return super().get_command(ctx, name)  # type: ignore[arg-type]
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

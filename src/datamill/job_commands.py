@@ -1,4 +1,4 @@
-"""The job commands (clips, download, dedup), derived from their options' declarations.
+"""The job commands (clips, download, dedup, map), derived from their options' declarations.
 
 Loaded only when one of them is asked for (cli.py's group is lazy), since the job modules
 import PyAV, PyArrow and aiohttp: `datamill --help` and `datamill status` start without them.
@@ -17,6 +17,7 @@ from .engine.run import EXIT_USAGE, RunOptions, run_job
 from .jobs.clips import ClipOptions, ClipsJob
 from .jobs.dedup import DedupJob, DedupOptions
 from .jobs.download import DownloadJob, DownloadOptions
+from .jobs.map import MapJob, MapOptions
 from .options import click_params, from_cli, split_flat
 
 
@@ -89,4 +90,18 @@ def dedup(src: str, dst: str, **kw: Any) -> None:
 
     Rerunning after adding images hashes only the new ones; changing --threshold, --keep or
     --action regroups from the stored hashes (no --overwrite needed).
+    """
+
+
+@click.command(name="map")
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@job_command(MapOptions, MapJob)
+def map_(src: str, dst: str, **kw: Any) -> None:
+    """Run a function (--fn FILE.py:NAME) over the items of SRC into shards in DST.
+
+    SRC is a folder (each file's path is an item), or a txt, csv, tsv, jsonl or parquet file,
+    optionally .gz (each row is an item: a dict; a txt line a string).  Shards hold exactly
+    --shard-size records (all but the last) and are numbered 00000, 00001, ... whatever the
+    worker count; DST/index.json lists them; `datamill.read_shards(DST)` reads them back.
     """

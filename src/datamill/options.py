@@ -30,7 +30,7 @@ from .errors import UsageError
 
 __all__ = ["OptionError", "Options", "Spec", "option", "group", "validate", "fingerprint",
            "click_params", "from_cli", "from_flat", "split_flat", "flat_names", "flag_of",
-           "comma_list", "parse_extensions"]
+           "comma_list", "parse_extensions", "parse_bytes"]
 
 
 class OptionError(UsageError, ValueError):
@@ -361,3 +361,21 @@ def comma_list(value: str) -> tuple[str, ...]:
 def parse_extensions(value: str) -> tuple[str, ...]:
     """"MP4,.mov" as ("mp4", "mov")."""
     return tuple(e.lstrip(".").lower() for e in comma_list(value))
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4,
+          "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_bytes(value: str) -> int:
+    """"256MB", "1.5GiB", "4096" as a number of bytes."""
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number):]
+    try:
+        if unit not in _UNITS:
+            raise ValueError
+        return int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise OptionError(f"{value!r} is not a size (examples: 4096, 256MB, 1GiB)") from None

@@ -40,6 +40,7 @@ class Job(ABC):
     manifest_fields: list[pa.Field] = []
     batch_size: int | None = 1  # None lets the engine batch tiny items
     task_seconds = 0.01  # with batch_size None: about how long a batched task should take
+    max_batch = 4096  # with batch_size None: the most items in one task
     # Set by the engine before `runner()`: the cores each worker has to itself (work that can
     # use threads, such as video codecs, sizes its thread pools by it).
     cores_per_worker = 1
@@ -99,6 +100,26 @@ class Job(ABC):
         job may let one word name a family of its classes."""
         return asked == error_class
 
+    # -- a job that assembles its own outputs from its tasks' (map's shards) -----------------
+    def item_ended(self, key: str, payload: Any, status: str, earlier: bool) -> None:
+        """Input item `key` has its final outcome `status`, in this run or (`earlier`) in an
+        earlier one whose outputs are kept.  Called once per input item and run."""
+
+    def after_commit(self, task_id: int | None, ledger: Any) -> list:
+        """Task `task_id`'s outcomes and outputs are committed (buffered: `ledger.flush()`
+        makes it durable): returns payloads of side tasks to run (see `side_done`).  Called
+        with None once at the start, for side tasks an earlier run left to do."""
+        return []
+
+    def side_done(self, task_id: int, payload: Any, outcome: Any, ledger: Any) -> None:
+        """A side task ended (its outputs commit after this returns when `outcome` is ok);
+        raise SystemicFailure to stop the job."""
+
+    def at_end(self, ledger: Any) -> list:
+        """Nothing is left to run and the run is completing: side tasks to run last (the last
+        shard), or none.  Called again after those have ended."""
+        return []
+
     def finish(self, ledger: Any, quiet: bool) -> None:
         """A global phase after the per-item work (dedup's grouping); none by default."""
 
@@ -117,16 +138,20 @@ class Job(ABC):
     def validate(self) -> None:
         """Refuse, with exit status 2, a missing SRC, an unwritable DST or DST inside SRC;
         makes the state folder, except for a dry run (which writes nothing)."""
-        create = not self.dry_run
         if not self.src.exists():
             raise UsageError(f"SRC does not exist: {self.src}")
+        self.validate_dst(self.src)
+
+    def validate_dst(self, src: Path | None = None) -> None:
+        """Refuse an unwritable DST, or one inside folder `src`; make the state folder."""
+        create = not self.dry_run
         if self.dst.is_remote:
             if create:
                 self.dst.check_writable()
             return
         dst = self.dst.path.resolve()
-        if self.src.is_dir():
-            src = self.src.resolve()
+        if src is not None and src.is_dir():
+            src = src.resolve()
             if dst == src or src in dst.parents:
                 raise UsageError(f"DST {self.dst} is inside SRC {self.src}: its outputs would "
                                  "become inputs; choose a DST outside SRC")

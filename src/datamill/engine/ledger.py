@@ -41,6 +41,9 @@ CREATE INDEX IF NOT EXISTS outputs_task ON outputs (task);
 CREATE TABLE IF NOT EXISTS moves (
     source TEXT PRIMARY KEY, dest TEXT, state TEXT, run INTEGER
 );
+CREATE TABLE IF NOT EXISTS job_state (
+    kind TEXT, key TEXT, value TEXT, PRIMARY KEY (kind, key)
+);
 """
 # Columns added after the first release: (table, column, type); added to older ledgers.
 _ADDED = (("items", "task", "INTEGER"), ("items", "parent", "TEXT"),
@@ -72,6 +75,7 @@ class Ledger:
         self.path = Path(path)
         self._buffer: list[tuple] = []
         self._commits: list[tuple[int]] = []  # tasks whose outputs commit with the buffer
+        self._states: list[tuple[str, str, str | None]] = []  # job state written with them
         self._missing: set[tuple[str, str]] = set()  # (table, column) an old ledger lacks
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
@@ -150,7 +154,7 @@ class Ledger:
     def flush(self) -> None:
         """Write the buffered outcomes, and commit the outputs of their tasks, in one
         transaction: after a crash a task's outputs are committed exactly when its items are."""
-        if self._buffer or self._commits:
+        if self._buffer or self._commits or self._states:
             fault("ledger")
             with self.db:
                 self.db.execute("BEGIN")
@@ -159,10 +163,18 @@ class Ledger:
                     self._buffer)
                 self.db.executemany(f"UPDATE outputs SET state='{COMMITTED}' WHERE task=?",
                                     self._commits)
+                for kind, key, value in self._states:
+                    if value is None:
+                        self.db.execute("DELETE FROM job_state WHERE kind=? AND key=?",
+                                        (kind, key))
+                    else:
+                        self.db.execute("INSERT OR REPLACE INTO job_state VALUES (?, ?, ?)",
+                                        (kind, key, value))
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_task_id', ?)",
                                 (str(self.next_task_id),))
             self._buffer.clear()
             self._commits.clear()
+            self._states.clear()
         self._last_flush = time.monotonic()
 
     def children(self, parent: str) -> list[str]:
@@ -217,6 +229,20 @@ class Ledger:
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("DELETE FROM outputs WHERE path=?", [(p,) for p in paths])
+
+    # -- a job's own state -------------------------------------------------------------------
+    def put_state(self, kind: str, key: str, value: Any) -> None:
+        """Record a job's own state (`value` JSON-serialisable, None removes it) with the next
+        flush, in the same transaction as the outcomes and output commits buffered with it."""
+        self._states.append((kind, key, None if value is None else _ENCODE(value)))
+
+    def states(self, kind: str) -> dict[str, Any]:
+        """The job state of `kind`, by key (in key order)."""
+        self.flush()
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE name='job_state'").fetchone():
+            return {}  # an older ledger opened read-only
+        return {k: json.loads(v) for k, v in self.db.execute(
+            "SELECT key, value FROM job_state WHERE kind=? ORDER BY key", (kind,))}
 
     # -- moves of the user's files -----------------------------------------------------------
     def intend_move(self, source: str, dest: str, run: int) -> None:
@@ -291,6 +317,7 @@ class Ledger:
             self.db.execute("BEGIN")
             self.db.execute("DELETE FROM items")
             self.db.execute("DELETE FROM outputs")
+            self.db.execute("DELETE FROM job_state")
             self.db.execute("DELETE FROM meta WHERE name IN ('next_task_id', 'gone')")
         self.next_task_id = 0
 

@@ -9,6 +9,7 @@ collects what finishes within a few seconds, removes what did not, saves, exits 
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -336,11 +337,15 @@ class _Run:
                     if st.status == OK and it.stage != self.job.final_stage:
                         follow = list(self._fresh(self._expand(it, json.loads(st.records))))
                     self._opened(it, OK, len(follow), now=False)
+                    if it.parent is None:
+                        self.job.item_ended(it.key, it.payload, st.status, True)
                     yield from follow
                     continue
                 if not self._retrying(st.reason):
                     self.skipped_failed += it.parent is None
                     self._opened(it, FAILED, 0, now=False)
+                    if it.parent is None:
+                        self.job.item_ended(it.key, it.payload, FAILED, True)
                     continue
             if st is not None and not self.dry:
                 self._discard_old(it, st)
@@ -424,8 +429,23 @@ class _Run:
     def _on_task_end(self, task_id: int, completed: bool) -> None:
         if completed:
             self.ledger.commit_task(task_id)
+            for payload in self.job.after_commit(task_id, self.ledger):
+                self.sched.add_side(payload, functools.partial(self._side_done, payload))
         else:  # its worker is gone: what it wrote is incomplete
             self._remove_outputs(self.ledger.outputs(state=PENDING, task=task_id))
+
+    def _side_done(self, payload: Any, task_id: int, outcome: Any) -> None:
+        self.job.side_done(task_id, payload, outcome, self.ledger)
+
+    def _at_end(self) -> bool:
+        """The input is done and nothing runs: the job's last side tasks, unless the run is
+        stopping (interrupted, or its input failed part-way)."""
+        if self.interrupts.count or self.input_error:
+            return False
+        payloads = self.job.at_end(self.ledger)
+        for payload in payloads:
+            self.sched.add_side(payload, functools.partial(self._side_done, payload))
+        return bool(payloads)
 
     def _start(self) -> None:
         """Close what earlier runs left open: runs marked running (their process is dead,
@@ -494,11 +514,14 @@ class _Run:
                                timeout=self.job.task_timeout(self.opts.timeout),
                                batch_size=self.job.batch_size,
                                task_seconds=self.job.task_seconds,
+                               max_batch=self.job.max_batch, on_idle=self._at_end,
                                first_task_id=self.ledger.next_task_id,
                                on_start=lambda: self._check_nodes(executor),
                                on_poll=self._on_poll, on_submit=self._on_submit,
                                on_task_end=self._on_task_end)
         self.sched.renumber_taken = not self.job.outputs_per_item
+        for payload in self.job.after_commit(None, self.ledger):  # left by an earlier run
+            self.sched.add_side(payload, functools.partial(self._side_done, payload))
         status, message = "completed", ""
         try:
             for result in self._results():
@@ -606,6 +629,8 @@ class _Run:
             self.ledger.record(it.key, it.stage, status, reason, error_type=o.error_type or None,
                                message=o.message or None, traceback=o.traceback or None,
                                records=records, **common)
+            if it.parent is None:
+                self.job.item_ended(it.key, it.payload, status, False)
         if status == OK and it.stage != self.job.final_stage:
             follow = list(self._fresh(self._expand(it, o.records)))
             for f in follow:

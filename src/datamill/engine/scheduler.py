@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from ..errors import OutputTaken
+from ..errors import OutputTaken, SystemicFailure
 from .executors import Executor, TaskEncodingError
 from .task import FAILED, OK, Crash, Done, Outcome, TaskRunner, WorkItem, failed
 
@@ -69,6 +69,12 @@ class Scheduler:
     sent (to record the outputs it will write; raising `OutputTaken` fails its items as
     `dst_exists` without running them); `on_task_end(task_id, completed)` after a task's
     results were yielded (completed) or after it was lost (crash, deadline, not sendable).
+
+    A job may also run **side tasks**, tasks of its own that are no input item (map's shard
+    merges): `add_side(payload, on_done)` runs `payload` alone in a task before any further
+    item, retried once if its worker dies, and calls `on_done(task_id, outcome)` (before
+    `on_task_end`).  `on_idle()` is called when nothing is left to run; it returns True when
+    it added side tasks (the last shard of a job), and the iteration then goes on.
     """
 
     def __init__(self, executor: Executor, runner: TaskRunner, items: Iterable[tuple[Any, Any]],
@@ -77,7 +83,8 @@ class Scheduler:
                  on_poll: Callable[[], None] | None = None,
                  on_start: Callable[[], None] | None = None,
                  on_submit: Callable[[int, list[WorkItem]], None] | None = None,
-                 on_task_end: Callable[[int, bool], None] | None = None):
+                 on_task_end: Callable[[int, bool], None] | None = None,
+                 on_idle: Callable[[], bool] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -94,6 +101,9 @@ class Scheduler:
         self._exact: deque[list[WorkItem]] = deque()  # tasks to run exactly as they are
         self._queued: deque[WorkItem] = deque()  # items added or to run again, batched
         self._inflight: dict[int, list[WorkItem]] = {}
+        self._side: deque[WorkItem] = deque()  # side tasks to run (payload, callback)
+        self._side_inflight: dict[int, WorkItem] = {}
+        self._on_idle = on_idle
         self._exhausted = False
         self._started = False
         self._draining = False
@@ -116,7 +126,10 @@ class Scheduler:
                 self._on_start()
         while True:
             yield from self._fill()
-            if not self._inflight and self._exhausted and not self._exact and not self._queued:
+            if (not self._inflight and not self._side_inflight and self._exhausted
+                    and not self._exact and not self._queued and not self._side):
+                if self._on_idle is not None and not self._draining and self._on_idle():
+                    continue
                 return
             for done in self.executor.poll(0.2):
                 yield from self._handle(done)
@@ -133,13 +146,19 @@ class Scheduler:
         """Add items (key, payload) to run, for example those that follow from a result."""
         self._queued.extend(WorkItem(key, payload) for key, payload in items)
 
+    def add_side(self, payload: Any, on_done: Callable[[int, Outcome], None]) -> None:
+        """Run `payload` as a task of its own (see the class); `on_done(task_id, outcome)`."""
+        self._side.append(WorkItem(on_done, payload))
+
     def close(self) -> None:
         if self._started:
-            self.executor.shutdown(cancel=bool(self._inflight))
+            self.executor.shutdown(cancel=bool(self._inflight or self._side_inflight))
             self._started = False
 
     # -- submission ----------------------------------------------------------------------
     def _fill(self) -> Iterator[Result]:
+        while not self._draining and self._side and self.executor.free_slots() > 0:
+            self._submit_side(self._side.popleft())
         while not self._draining and self.executor.free_slots() > 0:
             task = self._next_task()
             if not task:
@@ -190,8 +209,24 @@ class Scheduler:
             return
         self._inflight[task_id] = task
 
+    def _submit_side(self, side: WorkItem) -> None:
+        task_id = next(self._ids)
+        self.next_task_id = task_id + 1
+        if self._on_submit is not None:
+            try:
+                self._on_submit(task_id, [side])
+            except OutputTaken as exc:  # a side task's outputs are not renumbered
+                raise SystemicFailure(f"{exc}; move it away and run the same command "
+                                      "again") from exc
+        self.executor.submit(task_id, [side.payload])
+        self._side_inflight[task_id] = side
+
     # -- results -------------------------------------------------------------------------
     def _handle(self, done: Done) -> Iterator[Result]:
+        side = self._side_inflight.pop(done.task_id, None)
+        if side is not None:
+            self._side_done(done, side)
+            return
         task = self._inflight.pop(done.task_id, None)
         if task is None:
             return
@@ -213,6 +248,22 @@ class Scheduler:
             else:
                 yield self._result(w, outcome, each, done.task_id)
         self._on_task_end(done.task_id, True)
+
+    def _side_done(self, done: Done, side: WorkItem) -> None:
+        side.attempts += 1
+        if done.crash is not None:
+            self._on_task_end(done.task_id, False)
+            if side.attempts <= 1 and not self._draining:
+                self._side.appendleft(side)  # its worker died: once more
+                return
+            outcome = failed(done.crash.reason, done.crash.message, type_="WorkerCrash")
+        else:
+            outcome = done.results[0]
+            if outcome.status != OK:
+                self._on_task_end(done.task_id, False)
+        side.key(done.task_id, outcome)  # may raise (a shard that cannot be written)
+        if outcome.status == OK:
+            self._on_task_end(done.task_id, True)
 
     def _crashed(self, task: list[WorkItem], crash: Crash) -> Iterator[Result]:
         if not crash.started:  # queued behind the item that crashed: simply run it again
