@@ -283,13 +283,14 @@ class RecordWriter:
         try:
             self._encoder.finish()
             self._file.close()
-            self.info = FileInfo(self.records, *_size_and_sha256(self._tmp))
+            info = FileInfo(self.records, *_size_and_sha256(self._tmp))
             rename_noreplace(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
         self._done = True
-        return self.info
+        self.info = info
+        return info
 
     def abort(self) -> None:
         """Remove the temporary file; does nothing after `close`."""

@@ -88,8 +88,15 @@ def arrow_schema(schema: Schema) -> pa.Schema:
     fields = [pa.field(KEY_FIELD, pa.string(), nullable=False)]
     features: dict[str, Any] = {KEY_FIELD: _hf_value("string")}
     for name, spec in schema.fields.items():
-        fields.append(pa.field(name, _arrow_type(spec),
-                               metadata={_META_KEY: json.dumps(spec).encode()}))
+        metadata = {_META_KEY: json.dumps(spec).encode()}
+        if spec["kind"] == "array" and len(spec["shape"]) <= 5:
+            # Hugging Face takes its ArrayND feature from the metadata only when the column
+            # is its extension type: this is how its own parquet files declare it.
+            metadata[b"ARROW:extension:name"] = (
+                b"datasets.features.features.Array%dDExtensionType" % len(spec["shape"]))
+            metadata[b"ARROW:extension:metadata"] = json.dumps(
+                [spec["shape"], spec["dtype"]]).encode()
+        fields.append(pa.field(name, _arrow_type(spec), metadata=metadata))
         features[name] = _hf_feature(spec)
     hf = json.dumps({"info": {"features": features}}).encode()
     return pa.schema(fields, metadata={b"huggingface": hf})
@@ -217,6 +224,8 @@ def _decode_arrays(spec: dict[str, Any], column: pa.Array) -> list[Any]:
 
 def _decode_column(spec: dict[str, Any], column: pa.Array) -> list[Any]:
     kind = spec["kind"]
+    if isinstance(column, pa.ExtensionArray):  # an ArrayND column once `datasets` is imported
+        column = column.storage
     if kind in ("list", "array"):
         return _decode_arrays(spec, column)
     values = column.to_pylist()
@@ -241,9 +250,7 @@ def read_parquet(path: str, start: int, end: int | None) -> Iterator[tuple[str, 
         if lo < hi:
             table = f.read_row_group(group).slice(lo - first, hi - lo).combine_chunks()
             keys = table.column(KEY_FIELD).to_pylist()
-            columns = {name: _decode_column(spec, table.column(name).chunk(0)
-                                            if table.column(name).num_chunks else
-                                            pa.array([], _arrow_type(spec)))
+            columns = {name: _decode_column(spec, table.column(name).chunk(0))
                        for name, spec in schema.fields.items()}
             for i, key in enumerate(keys):
                 yield key, {name: values[i] for name, values in columns.items()}
