@@ -261,8 +261,9 @@ def test_parquet_opens_in_hugging_face_datasets(tmp_path, monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
     dst, schema, records = write_dataset(tmp_path, "parquet", shards=2)
-    ds = datasets.load_dataset("parquet", data_files=[str(p) for p in sorted(dst.glob("*.parquet"))],
-                               split="train", cache_dir=str(tmp_path / "hf" / "cache"))
+    files = [str(p) for p in sorted(dst.glob("*.parquet"))]
+    ds = datasets.load_dataset("parquet", data_files=files, split="train",
+                               cache_dir=str(tmp_path / "hf" / "cache"))
     features = ds.features
     assert isinstance(features["image"], datasets.Array3D)
     assert features["image"].shape == (2, 3, 4) and features["image"].dtype == "uint8"
@@ -534,3 +535,34 @@ def test_parquet_row_groups_follow_the_byte_rule(tmp_path, monkeypatch):
     f = pq.ParquetFile(tmp_path / "p.parquet")
     assert [f.metadata.row_group(i).num_rows for i in range(f.num_row_groups)] == [3, 2]
     assert pa.types.is_binary(f.schema_arrow.field("b").type)
+
+
+def test_long_keys_in_a_tar(tmp_path):
+    wds = pytest.importorskip("webdataset")
+    schema = Schema.infer({"txt": "a", "v": np.arange(3)}, "webdataset")
+    key = safe_key("é/" * 60, 0)  # > 100 bytes: a PAX header
+    path = tmp_path / "a.tar"
+    with RecordWriter("webdataset", path, schema) as w:
+        w.add(key, schema.conform({"txt": "a", "v": np.arange(3)}, "webdataset"))
+    [(got_key, record)] = list(read_records("webdataset", path))
+    assert got_key == key and record["txt"] == "a"
+    [sample] = list(wds.WebDataset(str(path), shardshuffle=False).decode())
+    assert sample["__key__"] == key and sample["txt"] == "a"
+
+
+def test_doctests():
+    import doctest
+
+    import datamill.io.records.schema as schema_module
+    assert doctest.testmod(schema_module).failed == 0
+
+
+def test_a_corrupt_tar_header_is_refused(tmp_path):
+    schema = Schema.infer({"txt": "a"}, "webdataset")
+    path = tmp_path / "a.tar"
+    write("webdataset", path, schema, [{"txt": "a"}, {"txt": "b"}])
+    data = bytearray(path.read_bytes())
+    data[1024] ^= 1  # the second record's header
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        list(read_records("webdataset", path))

@@ -74,7 +74,7 @@ def safe_key(item_key: str, n: int) -> str:
 
 
 def describe(value: Any) -> str:
-    """A short name of a value's type for messages: 'int', 'None', 'float32 array of shape (2, 3)'."""
+    """A value's type for messages: 'int', 'None', 'float32 array of shape (2, 3)'."""
     if isinstance(value, np.ndarray):
         return f"{value.dtype} array of shape {tuple(value.shape)}"
     if value is None:
