@@ -159,6 +159,8 @@ class LocalExecutor(Executor):
 
     def shutdown(self, cancel: bool = False, grace: float = 0.0) -> list[Done]:
         finished: list[Done] = []
+        if self._stopping is None:  # never started (the run stopped before it began)
+            return finished
         if cancel:
             self._stopping.set()  # workers begin no new task
             deadline = time.monotonic() + grace

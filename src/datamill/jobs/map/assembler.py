@@ -138,6 +138,8 @@ class Assembler:
     def __post_init__(self) -> None:
         self.builder = Builder(self.shard_size, self.shard_bytes)
         self._new: list[Shard] = []
+        self.partial: Shard | None = None  # the last shard of an earlier run, kept as it is
+        self.dissolved: list[Shard] = []  # ...until new records come: then cut again
 
     @property
     def next_index(self) -> int:
@@ -154,18 +156,20 @@ class Assembler:
         used: dict[int, list[tuple[int, int]]] = {}
         for s in self.shards.values():
             self.cursor = max(self.cursor, s.cursor)
+            if s.partial:
+                self.partial = s
             for task, start, end in s.slices:
                 used.setdefault(task, []).append((start, end))
                 part = self.parts.get(task)
                 if part is not None:
-                    part.planned += end - start
+                    part.planned += 0 if s.partial else end - start
                     part.refs += s.state != "done"
         backlog: list[tuple[int, int, int, int]] = []  # (seq, task, start, end)
         for part in sorted(self.parts.values(), key=lambda p: p.task):
             free = _complement(sorted(used.get(part.task, [])), part.records)
             if not self.ordered:
                 for start, end in free:
-                    self._cut(self.builder.feed(part, start, end))
+                    self._feed((part, start, end))
                 continue
             for seq, _key, start, n in part.items:
                 for a, b in free:
@@ -174,7 +178,7 @@ class Assembler:
                         backlog.append((seq, part.task, lo, hi))
         for seq, task, lo, hi in sorted(backlog):
             if seq < self.cursor:
-                self._cut(self.builder.feed(self.parts[task], lo, hi))
+                self._feed((self.parts[task], lo, hi))
             else:
                 self.located.setdefault(seq, []).append((task, lo, hi))
                 self.resolved[seq] = True
@@ -187,13 +191,14 @@ class Assembler:
         self._new = []
         if not self.ordered:
             if part.linkable and self.builder.fills_exactly(part):
+                self._reopen()
                 self._emit([[part.task, 0, part.records]])
             else:
-                self._cut(self.builder.feed(part, 0, part.records))
+                self._feed((part, 0, part.records))
             return self._take_new()
         for seq, _key, start, n in part.items:
             if seq < self.cursor:  # done after the cursor passed it: goes in where it stands
-                self._cut(self.builder.feed(part, start, start + n))
+                self._feed((part, start, start + n))
             else:
                 self.located.setdefault(seq, []).append((part.task, start, start + n))
         self._advance()
@@ -212,7 +217,7 @@ class Assembler:
         self._new = []
         for seq in sorted(self.located):
             for task, start, end in self.located.pop(seq):
-                self._cut(self.builder.feed(self.parts[task], start, end))
+                self._feed((self.parts[task], start, end))
             self.cursor = max(self.cursor, seq + 1)
         self.resolved.clear()
         if self.builder.slices:
@@ -236,8 +241,22 @@ class Assembler:
                 return  # its part has not committed yet
             del self.resolved[self.cursor]
             for task, start, end in self.located.pop(self.cursor, ()):
-                self._cut(self.builder.feed(self.parts[task], start, end))
+                self._feed((self.parts[task], start, end))
             self.cursor += 1
+
+    def _feed(self, args: tuple[Part, int, int]) -> None:
+        """Records [start, end) of a part go into the shards; the first new records of a run
+        reopen the last shard of the earlier one (its records come first)."""
+        self._reopen()
+        self._cut(self.builder.feed(*args))
+
+    def _reopen(self) -> None:
+        if self.partial is not None:
+            old, self.partial = self.partial, None
+            del self.shards[old.index]
+            self.dissolved.append(old)
+            for task, start, end in old.slices:
+                self._cut(self.builder.feed(self.parts[task], start, end))
 
     def _cut(self, done: list[list[list[int]]]) -> None:
         for slices in done:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 
 from ...atomic import write_text_atomic
+from ...engine.fault import fault
 from ...engine.job import Item, chunked
 from ...engine.ledger import COMMITTED
 from ...engine.task import OK, TaskRunner
@@ -51,7 +52,7 @@ class MapJob(TreeJob):
                  key: Callable[[Any], str] | None = None):
         self.iterable = None if isinstance(src, (str, os.PathLike)) else src
         super().__init__("<iterable>" if self.iterable is not None else src, dst, options,
-                         options.extensions)
+                         options.extensions or None)  # type: ignore[arg-type]  # None: all files
         self.key_fn = key
         self.max_batch = options.shard_size
         self.suffix = SUFFIX[options.output_format]
@@ -93,7 +94,7 @@ class MapJob(TreeJob):
         return fp
 
     def options(self) -> dict:
-        return {**self.fingerprint(), "extensions": list(self.extensions),
+        return {**self.fingerprint(), "extensions": list(self.extensions or ()),
                 "input_format": self.opts.input_format}
 
     # -- items -------------------------------------------------------------------------------
@@ -166,11 +167,6 @@ class MapJob(TreeJob):
         self.schema = Schema.from_json(state["job"]) if "job" in state else None
         self._write_schema()
         shards = [Shard.from_state(int(k), v) for k, v in ledger.states("shard").items()]
-        for s in shards:
-            if s.partial:  # the last shard of an earlier run: its records are cut again
-                self._remove(ledger, [self.shard_name(s.index)])
-                ledger.put_state("shard", f"{s.index:08d}", None)
-        shards = [s for s in shards if not s.partial]
         parts = []
         for path in ledger.outputs(state=COMMITTED):
             if not (path.startswith("_datamill/parts/") and path.endswith(".json")):
@@ -241,6 +237,7 @@ class MapJob(TreeJob):
         if outcome.status != OK:
             raise SystemicFailure(f"writing shard {self.dst.child(payload.name)} failed: "
                                   f"{outcome.message}; run the same command again to resume")
+        fault("shard")  # merged by a worker, not yet committed
         info = outcome.records
         shard.bytes, shard.sha256 = info["bytes"], info["sha256"]
         self._shard_done(shard, ledger)
@@ -304,6 +301,11 @@ class MapJob(TreeJob):
     def _dispatch(self, ledger: Any) -> list:
         """Link the due shards that are one part; the payloads of merges for the others."""
         payloads = []
+        for old in self.asm.dissolved:  # the last shard of an earlier run, cut again: its
+            ledger.put_state("shard", f"{old.index:08d}", None)  # records are in the parts
+            ledger.flush()
+            self._remove(ledger, [self.shard_name(old.index)])
+        self.asm.dissolved.clear()
         due, self._due = self._due, []
         for shard in due:
             name = self.shard_name(shard.index)
@@ -321,6 +323,8 @@ class MapJob(TreeJob):
         first (a crash leaves the part, and the link is removed as unfinished)."""
         part = self.asm.parts[shard.slices[0][0]]
         self._check_free(name, ledger)
+        if ledger.output_state(name) is not None:  # ours, left by a run that stopped
+            self._remove(ledger, [name])
         ledger.add_pending(part.task, [name], self.run_id)
         try:
             os.link(self.dst.path / part.path, self.dst.path / name)
@@ -330,6 +334,7 @@ class MapJob(TreeJob):
                                       "writing it; it is left alone") from exc
             ledger.drop_outputs([name])
             return False  # no hard links here: a worker copies it
+        fault("shard")  # linked, not yet committed
         shard.bytes, shard.sha256 = part.bytes, part.sha256
         self._shard_done(shard, ledger)
         ledger.commit_task(part.task)

@@ -198,7 +198,8 @@ def _records(out: Any) -> list:
     records = list(out)
     for n, r in enumerate(records):
         if not isinstance(r, dict):
-            raise RecordError(f"record {n} of the item is {type(r).__name__}, not a dict",
+            raise RecordError(f"the function returned a {type(out).__name__} whose item {n} is "
+                              f"{type(r).__name__}, not a dict (a record)",
                               error_class="bad_record")
     return records
 
