@@ -196,6 +196,26 @@ def test_download_on_ray_writes_the_same_images(tmp_path):
         assert (on_ray / rel).read_bytes() == path.read_bytes()
 
 
+def map_record(n):
+    import numpy as np
+    if n == 7:
+        raise ValueError("seven")
+    return {"n": n, "vec": np.arange(8, dtype=np.int16) + n}
+
+
+def test_map_on_ray_writes_the_same_ordered_shards(tmp_path):
+    """The function travels to Ray's workers; ordered shards are the same bytes."""
+    local, on_ray = both(lambda dst, ex: datamill.map(
+        map_record, range(300), dst, shard_size=64, ordered=True, retries=0, quiet=True,
+        workers=2, executor=ex), tmp_path)
+    shards = sorted(p.name for p in local.iterdir() if p.name[:1].isdigit())
+    assert shards == [f"{i:05d}.parquet" for i in range(5)]
+    for name in shards:
+        assert (on_ray / name).read_bytes() == (local / name).read_bytes()
+    recs = list(datamill.read_shards(on_ray))
+    assert [r["n"] for r in recs] == [n for n in range(300) if n != 7]
+
+
 def test_dedup_on_ray_finds_the_same_groups(tmp_path):
     src = tmp_path / "src"
     for n in range(2):
