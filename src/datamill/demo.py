@@ -1,4 +1,4 @@
-"""`datamill demo`: generate small media collections and run every job on them."""
+"""`datamill demo`: generate small media collections and run every job on them (clips,\ndownload, dedup, map)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ from .io.http import FetchOptions
 from .jobs.clips import ClipOptions, ClipsJob
 from .jobs.dedup import DedupJob, DedupOptions
 from .jobs.download import DownloadJob, DownloadOptions
+from .jobs.map import MapJob, MapOptions
 from .media.image import ImageOptions
 from .testing.files import make_corrupt_file
 from .testing.images import make_scene
@@ -72,6 +73,18 @@ def make_demo_photos(folder: Path, n: int = 40) -> Path:
     return photos
 
 
+def photo_features(path: str) -> dict:
+    """The demo's `map` function: a photo's name, size, mean colour and a 32x32 thumbnail."""
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        width, height = im.size
+        im.draft("RGB", (64, 64))  # a JPEG decoded at reduced scale: only a thumbnail is kept
+        thumb = np.asarray(im.convert("RGB").resize((32, 32)))
+    return {"name": os.path.basename(path), "width": width, "height": height,
+            "mean_rgb": thumb.reshape(-1, 3).mean(axis=0).astype(np.float32), "thumb": thumb}
+
+
 def run_demo(folder: str | os.PathLike, workers: int | None = None, quiet: bool = False) -> int:
     """Generate the demo collections in `folder` and run each job; return the exit status."""
     folder = Path(folder)
@@ -107,5 +120,13 @@ def run_demo(folder: str | os.PathLike, workers: int | None = None, quiet: bool 
     found = run_job(DedupJob(photos, folder / "dedup", DedupOptions()), engine)
     dedup_ok = found.exit_code == 0 and found.counts == {"ok": 40, "filtered": 30, "failed": 0}
     echo(f"dedup: open {folder / 'dedup' / 'report.html'} in a browser to see the groups")
+
+    echo("\n$ datamill map photos features --fn datamill.demo:photo_features --shard-size 25 "
+         "--ordered")
+    features = run_job(MapJob(photos, folder / "features", MapOptions(
+        fn="datamill.demo:photo_features", shard_size=25, ordered=True)), engine)
+    map_ok = features.exit_code == 0 and features.counts["ok"] == 70
+    echo(f"features: {folder / 'features'} (00000.parquet ..., index.json); read them back with "
+         f"datamill.read_shards({str(folder / 'features')!r})")
     echo(f"\ninspect any job folder with: datamill status {folder / 'clips'}")
-    return 0 if clips_ok and images_ok and dedup_ok else 1
+    return 0 if clips_ok and images_ok and dedup_ok and map_ok else 1
