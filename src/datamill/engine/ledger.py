@@ -151,6 +151,21 @@ class Ledger:
                 or time.monotonic() - self._last_flush > self._flush_seconds):
             self.flush()
 
+    def record_row(self, key: str, stage: str, status: str, reason: str | None,
+                   error_type: str | None, message: str | None, traceback: str | None,
+                   attempts: int, source: str | None, size: int | None, mtime: float | None,
+                   records: Any, seconds: float, run: int, task: int | None,
+                   parent: str | None) -> None:
+        """`record` with every column given in order (the run loop's path, once per item)."""
+        self._buffer.append((key, stage, status, reason, error_type, message, traceback,
+                             attempts, source, size, mtime,
+                             None if records is None else _ENCODE(records), seconds, run,
+                             time.time(), task, parent))
+        if len(self._buffer) >= self._flush_rows:
+            self.flush()
+        elif time.monotonic() - self._last_flush > self._flush_seconds:
+            self.flush()
+
     def flush(self) -> None:
         """Write the buffered outcomes, and commit the outputs of their tasks, in one
         transaction: after a crash a task's outputs are committed exactly when its items are."""
@@ -333,6 +348,18 @@ class Ledger:
                 return
             for row in rows:
                 yield dict(zip(columns, row))
+
+    def iter_rows(self, columns: tuple[str, ...], where: str = "",
+                  params: tuple = ()) -> Iterator[tuple]:
+        """Every item row as a tuple of `columns`, in key order (streamed)."""
+        self.flush()
+        cur = self.db.cursor()
+        cur.execute(f"SELECT {self._cols('items', columns)} FROM items {where} ORDER BY key", params)
+        while True:
+            rows = cur.fetchmany(5000)
+            if not rows:
+                return
+            yield from rows
 
     def counts(self) -> dict[str, int]:
         self.flush()

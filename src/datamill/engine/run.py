@@ -294,6 +294,9 @@ class _Run:
         # top-level key -> [items that followed from it still to run, worst status, its
         # first failure class]
         self.open: dict[str, list] = {}
+        # the job's item_ended, when it has one (most jobs do not: no call per item)
+        self._item_ended = (job.item_ended if type(job).item_ended is not Job.item_ended
+                            else None)
 
     # -- what to run -----------------------------------------------------------------------
     def _source(self) -> Iterator[tuple[str, Any]]:
@@ -337,15 +340,15 @@ class _Run:
                     if st.status == OK and it.stage != self.job.final_stage:
                         follow = list(self._fresh(self._expand(it, json.loads(st.records))))
                     self._opened(it, OK, len(follow), now=False)
-                    if it.parent is None:
-                        self.job.item_ended(it.key, it.payload, st.status, True)
+                    if it.parent is None and self._item_ended is not None:
+                        self._item_ended(it.key, it.payload, st.status, True)
                     yield from follow
                     continue
                 if not self._retrying(st.reason):
                     self.skipped_failed += it.parent is None
                     self._opened(it, FAILED, 0, now=False)
-                    if it.parent is None:
-                        self.job.item_ended(it.key, it.payload, FAILED, True)
+                    if it.parent is None and self._item_ended is not None:
+                        self._item_ended(it.key, it.payload, FAILED, True)
                     continue
             if st is not None and not self.dry:
                 self._discard_old(it, st)
@@ -619,18 +622,17 @@ class _Run:
             self.last_task = r.task_id
             fault("commit")  # a task's results came back, before they are recorded
         it = self.meta.pop(r.key)
-        common = dict(attempts=r.attempts, source=it.source, size=it.size, mtime=it.mtime,
-                      seconds=r.seconds, run=self.run_id, task=r.task_id, parent=it.parent)
         o = r.outcome
         status, reason = o.status, o.reason
         records = o.records if o.records is not None or status == OK else (
             [it.columns] if it.columns else None)
         if reason != "disk_full":  # not the item's fault: the next run redoes it
-            self.ledger.record(it.key, it.stage, status, reason, error_type=o.error_type or None,
-                               message=o.message or None, traceback=o.traceback or None,
-                               records=records, **common)
-            if it.parent is None:
-                self.job.item_ended(it.key, it.payload, status, False)
+            self.ledger.record_row(
+                it.key, it.stage, status, reason, o.error_type or None, o.message or None,
+                o.traceback or None, r.attempts, it.source, it.size, it.mtime, records,
+                r.seconds, self.run_id, r.task_id, it.parent)
+            if it.parent is None and self._item_ended is not None:
+                self._item_ended(it.key, it.payload, status, False)
         if status == OK and it.stage != self.job.final_stage:
             follow = list(self._fresh(self._expand(it, o.records)))
             for f in follow:
@@ -644,10 +646,11 @@ class _Run:
     def _watch(self, it: Item, status: str, reason: str | None, r: Result, stop: bool) -> None:
         """Keep the recent outcomes; raise SystemicFailure when the job should stop."""
         is_failed = status == FAILED
-        self.window.append((it.key, reason if is_failed else None))
+        window = self.window
+        window.append((it.key, reason if is_failed else None))
         self.window_failed += is_failed
-        if len(self.window) > self.opts.failure_window:
-            self.window_failed -= self.window.popleft()[1] is not None
+        if len(window) > self.opts.failure_window:
+            self.window_failed -= window.popleft()[1] is not None
         if not is_failed or not stop:
             return
         if reason == "disk_full":

@@ -21,8 +21,6 @@ import json
 import os
 from typing import Any, Callable, Iterable, Iterator
 
-import pyarrow as pa
-
 from ...atomic import write_text_atomic
 from ...engine.fault import fault
 from ...engine.job import Item, chunked
@@ -46,7 +44,8 @@ class MapJob(TreeJob):
     kind = "files"
     batch_size = None  # batches sized by the measured time per item...
     task_seconds = 5.0  # ...so that a task is a few seconds, and at most one shard's items
-    manifest_fields = [pa.field("records", pa.int64())]
+    # the manifest has a row per item (key, source, status, reason); its records are in the
+    # shards under the keys <item key>_<n>
 
     def __init__(self, src: Any, dst: str | os.PathLike, options: MapOptions,
                  key: Callable[[Any], str] | None = None):

@@ -22,6 +22,11 @@ from ...errors import UsageError
 from ...io.records import RecordError, RecordWriter, Schema, safe_key, write_shard
 
 _NO_STATE = object()
+# One outcome object per kind, shared by every item of a task: pickled once per task (the
+# records themselves are in the part; the ledger needs only the status)
+_OK = ok(None)
+_NONE = filtered("none", "the function returned None")
+_EMPTY = filtered("empty", "the function yielded no record")
 _worker: dict[str, Any] = {}  # this process's function, its init's state, the schema seen
 
 
@@ -147,7 +152,7 @@ def run_task(spec: MapSpec, suffix: str, task: TaskContext, payloads: list) -> l
             try:
                 out = fn(value) if state is _NO_STATE else fn(value, state)
                 if out is None:
-                    outcomes.append(filtered("none", "the function returned None"))
+                    outcomes.append(_NONE)
                     task.advance(outcome="filtered")
                     continue
                 records = _records(out)
@@ -159,7 +164,7 @@ def run_task(spec: MapSpec, suffix: str, task: TaskContext, payloads: list) -> l
                 task.advance(outcome="failed")
                 continue
             if not records:
-                outcomes.append(filtered("empty", "the function yielded no record"))
+                outcomes.append(_EMPTY)
                 task.advance(outcome="filtered")
                 continue
             if writer is None:
@@ -170,7 +175,7 @@ def run_task(spec: MapSpec, suffix: str, task: TaskContext, payloads: list) -> l
                     sizes.append(size)
             items.append([seq, key, count, len(records)])
             count += len(records)
-            outcomes.append(ok([{"records": len(records)}]))
+            outcomes.append(_OK)
             task.advance(outcome="ok")
         if writer is not None:
             info = writer.close()
