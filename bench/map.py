@@ -62,10 +62,12 @@ dependency of datamill, so it runs from datamill's venv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -262,33 +264,42 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def run(argv: list[str], log: Path, env: dict | None = None, poll: float | None = None) -> dict:
-    """Run one measured process to its end: wall clock, CPU (rusage of it and what it waited
-    for), other work on the machine in cores, its last stdout line; with `poll`, RSS samples
-    of the driver and of its descendants."""
+def run(argv: list[str], log: Path, env: dict | None = None, poll: float | None = None,
+        cap: float | None = None) -> dict:
+    """Run one measured process to its end (or kill its process group after `cap` s): wall
+    clock, CPU (rusage of it and what it waited for), other work on the machine in cores, its
+    last stdout line; with `poll`, RSS samples of the driver and of its descendants."""
     log.parent.mkdir(parents=True, exist_ok=True)
     busy0 = busy_cpu()
     samples = []  # (t, driver rss, driver hwm, {pid: rss})
+    killed = False
     with open(log, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or ENV,
                                 start_new_session=True)
-        if poll:
-            while True:
-                pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                t = time.perf_counter() - start
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            t = time.perf_counter() - start
+            if cap is not None and t > cap and not killed:
+                killed = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                pid, status, ru = os.wait4(proc.pid, 0)
+                break
+            if poll:
                 hwm = _status_mb(proc.pid, "VmHWM:")
                 rss = _status_mb(proc.pid, "VmRSS:")
                 kids = {k: _status_mb(k, "VmRSS:") for k in _descendants(proc.pid)}
                 if hwm:
                     samples.append((t, rss, hwm, kids))
-                time.sleep(poll)
-        else:
-            pid, status, ru = os.wait4(proc.pid, 0)
+            time.sleep(poll or 0.02)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
+    if killed:  # orphans of the killed group must not outlive the run
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(0.5)
     cpu = ru.ru_utime + ru.ru_stime
     others = max(0.0, busy_cpu() - busy0 - cpu)
     lines = log.read_text(errors="replace").strip().splitlines()
@@ -298,10 +309,10 @@ def run(argv: list[str], log: Path, env: dict | None = None, poll: float | None 
             last = json.loads(lines[-1])
         except ValueError:
             pass
-    if proc.returncode != 0:
+    if proc.returncode != 0 and not killed:
         raise RuntimeError(f"{argv[:4]} exited {proc.returncode}; see {log}:\n" + "\n".join(lines[-15:]))
     return {"seconds": seconds, "cpu": cpu, "others": others / seconds, "out": last,
-            "samples": samples}
+            "samples": samples, "killed": killed}
 
 
 def child_argv(python: str, kind: str, **spec) -> list[str]:
@@ -351,9 +362,42 @@ def ensure_litdata() -> str:
     return out.stdout.strip()
 
 
+def use_commit(rev: str) -> str:
+    """Run datamill from `rev`'s src/ (exported once into bench/_data/map), not the work tree's."""
+    global DATAMILL_ARGV, COMMIT
+    sha = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", rev], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    root = DATA / f"src-{sha}"
+    if not (root / "src" / "datamill").exists():
+        clean(root)
+        root.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", sha, "src"], capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    src = str(root / "src")
+    ENV["PYTHONPATH"] = src + os.pathsep + ENV.get("PYTHONPATH", "")
+    sys.path.insert(0, src)
+    DATAMILL_ARGV = [PY, "-m", "datamill"]
+    COMMIT = sha
+    return sha
+
+
+COMMIT = ""
+DATAMILL_ARGV = [DATAMILL]
+
+
 def versions() -> str:
     import importlib.metadata as m
-    return ", ".join(f"{n} {m.version(n)}" for n in ("datamill", "datasets", "pyarrow", "numpy"))
+    try:
+        git = ["git", "-C", str(HERE.parent)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+        commit = f" at {head}" + (" + uncommitted changes in src/" if dirty else "")
+        if COMMIT:
+            commit = f" at {COMMIT} (its src/ exported, on PYTHONPATH)"
+    except OSError:
+        commit = ""
+    return f"datamill{commit}, " + ", ".join(f"{n} {m.version(n)}" for n in ("datasets", "pyarrow", "numpy"))
 
 
 def have_map() -> bool:
@@ -372,6 +416,7 @@ class Bench:
         self.notes: list[str] = []
         self.targets: list[list] = []
         self.quiet = Quiet(20.0, 30.0 if args.quick else 150.0)
+        self.capped: set[str] = set()
         self.dm = have_map() and not args.no_datamill
         if not self.dm:
             self.notes.append("datamill.map is missing (or --no-datamill): only the baselines ran")
@@ -380,12 +425,15 @@ class Bench:
                 poll=None, keep=False) -> dict:
         clean(dst)
         self.quiet.wait()
-        res = run(argv, DATA / "logs" / f"{name}.log", env=env, poll=poll)
+        res = run(argv, DATA / "logs" / f"{name}.log", env=env, poll=poll, cap=self.args.cap)
         res["bytes"] = du(dst) if dst.exists() else 0
-        got = count_records(tool, dst) if tool else n
+        got = count_records(tool, dst) if tool and not res["killed"] else n
         if got != n:
             raise RuntimeError(f"{name}: {got:,} records in {dst}, expected {n:,}")
-        print(f"  {name:28} {res['seconds']:7.2f} s  {n / res['seconds']:>10,.0f} records/s  "
+        if res["killed"]:
+            self.capped.add(name.rsplit("-", 1)[0])
+        print(f"  {name:28} {res['seconds']:7.2f} s{' KILLED at the cap' if res['killed'] else ''}  "
+              f"{n / res['seconds']:>10,.0f} records/s  "
               f"CPU {res['cpu']:6.1f} s  other work {res['others']:.2f} cores"
               + (f"  {res['bytes'] / 2**20:,.0f} MiB on disk" if res["bytes"] > 2**24 else ""),
               flush=True)
@@ -395,6 +443,10 @@ class Bench:
 
     def add(self, label: str, tool: str, runs: list[dict], n: int, vs: str = "", extra: str = "") -> float:
         s = median([r["seconds"] for r in runs])
+        if any(r["killed"] for r in runs):  # a killed run's time is a lower bound
+            tool += f" (KILLED at the {self.args.cap:.0f} s cap: bounds)"
+            self.notes.append(f"{label}: {tool}: {sum(r['killed'] for r in runs)} of {len(runs)} runs killed "
+                              f"at the cap; its time is at least, its rate at most, the figure shown")
         self.rows.append([label, tool, f"{s:.2f} s", f"{n / s:,.0f}/s", f"{median([r['cpu'] for r in runs]):.1f} s",
                           f"{median([r['others'] for r in runs]):.2f}", vs, extra])
         return s
@@ -433,7 +485,7 @@ class Bench:
     def ordered(self) -> None:
         if not self.dm:
             return
-        n, rounds = self.args.items, self.args.rounds
+        n, rounds = self.args.ordered_items or self.args.items, self.args.rounds
         runs: dict[bool, list[dict]] = {True: [], False: []}
         for r in range(rounds):
             for o in [False, True][:: 1 if r % 2 == 0 else -1]:
@@ -548,7 +600,7 @@ class Bench:
             print(f"  generated {txt} ({txt.stat().st_size / 2**20:,.0f} MiB) in "
                   f"{time.perf_counter() - t0:.0f} s (once)", flush=True)
         dst = DATA / "memory"
-        argv = [DATAMILL, "map", str(txt), str(dst), "--fn", f"{HERE / 'map.py'}:line_record",
+        argv = [*DATAMILL_ARGV, "map", str(txt), str(dst), "--fn", f"{HERE / 'map.py'}:line_record",
                 "--format", "parquet", "--shard-size", str(SHARD), "--workers", str(WORKERS), "--quiet"]
         res = self.measure("memory", argv, dst, "datamill", n, poll=0.25)
         sm = res["samples"]
@@ -589,10 +641,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, help="rounds per figure (median; default 3, quick 1)")
     ap.add_argument("--only", default="small,large,seed,memory,ordered", help="parts to run (comma-separated)")
     ap.add_argument("--items", type=int, help="small and ordered workloads (default 1,000,000; quick 50,000)")
+    ap.add_argument("--ordered-items", type=int, help="ordered workload (default: --items)")
     ap.add_argument("--large-items", type=int, help="1 MiB items (default 10,000; quick 600)")
     ap.add_argument("--disk-mib", type=int, help="MiB written by dd (default 4096; quick 512)")
     ap.add_argument("--seed-items", type=int, help="seed workload items (default 2,000; quick 400)")
     ap.add_argument("--mem-lines", type=int, help="memory workload lines (default 10,000,000; quick 500,000)")
+    ap.add_argument("--cap", type=float, default=600.0, help="kill a run after this many seconds "
+                    "(its time then bounds the figure; default 600)")
+    ap.add_argument("--commit", help="benchmark datamill as of this commit (git archive of its src/), "
+                    "not the work tree (which may be mid-edit)")
     ap.add_argument("--no-datamill", action="store_true", help="baselines only")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -611,6 +668,8 @@ def main() -> None:
         ap.error(f"unknown parts {sorted(unknown)}")
     DATA.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if args.commit:
+        use_commit(args.commit)
     lit = ensure_litdata() if {"small", "large"} & set(parts) else "not used"
     print(f"bench/map.py: {machine()}; {versions()}; litdata venv {LITDATA_VENV} ({lit}); "
           f"{WORKERS} workers; median of {args.rounds} round(s){' (quick)' if q else ''}; "
