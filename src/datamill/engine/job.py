@@ -41,6 +41,13 @@ class Job(ABC):
     batch_size: int | None = 1  # None lets the engine batch tiny items
     task_seconds = 0.01  # with batch_size None: about how long a batched task should take
     max_batch = 4096  # with batch_size None: the most items in one task
+
+    def align(self, payload: Any) -> int | None:
+        """How many items, from this one, a task starting with it may hold (a task then ends
+        on a boundary the job wants); None: no limit.  Used when `aligned` is True."""
+        return None
+
+    aligned = False
     # Set by the engine before `runner()`: the cores each worker has to itself (work that can
     # use threads, such as video codecs, sizes its thread pools by it).
     cores_per_worker = 1

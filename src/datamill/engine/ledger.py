@@ -15,6 +15,7 @@ It also holds what datamill may touch in DST, and nothing else may be touched:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
@@ -52,6 +53,11 @@ PENDING, COMMITTED = "pending", "committed"
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per record
 _COLUMNS = ("key", "stage", "status", "reason", "error_type", "message", "traceback", "attempts",
             "source", "size", "mtime", "records", "seconds", "run", "updated", "task", "parent")
+
+
+_WIDE = f"INSERT OR REPLACE INTO items VALUES ({','.join('?' * len(_COLUMNS))})"
+_NARROW = ("INSERT OR REPLACE INTO items (key, stage, status, attempts, seconds, run, updated, "
+           "task) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(slots=True)
@@ -156,11 +162,17 @@ class Ledger:
                    attempts: int, source: str | None, size: int | None, mtime: float | None,
                    records: Any, seconds: float, run: int, task: int | None,
                    parent: str | None) -> None:
-        """`record` with every column given in order (the run loop's path, once per item)."""
-        self._buffer.append((key, stage, status, reason, error_type, message, traceback,
-                             attempts, source, size, mtime,
-                             None if records is None else _ENCODE(records), seconds, run,
-                             time.time(), task, parent))
+        """`record` with every column given in order (the run loop's path, once per item).
+        An item with nothing to say but its status (most items of a large job) is written
+        with the narrow statement: half the time per row."""
+        if (reason is None and records is None and source is None and size is None
+                and mtime is None and parent is None and message is None):
+            self._buffer.append((key, stage, status, attempts, seconds, run, time.time(), task))
+        else:
+            self._buffer.append((key, stage, status, reason, error_type, message, traceback,
+                                 attempts, source, size, mtime,
+                                 None if records is None else _ENCODE(records), seconds, run,
+                                 time.time(), task, parent))
         if len(self._buffer) >= self._flush_rows:
             self.flush()
         elif time.monotonic() - self._last_flush > self._flush_seconds:
@@ -173,9 +185,8 @@ class Ledger:
             fault("ledger")
             with self.db:
                 self.db.execute("BEGIN")
-                self.db.executemany(
-                    f"INSERT OR REPLACE INTO items VALUES ({','.join('?' * len(_COLUMNS))})",
-                    self._buffer)
+                for width, rows in itertools.groupby(self._buffer, len):  # in order
+                    self.db.executemany(_WIDE if width == len(_COLUMNS) else _NARROW, rows)
                 self.db.executemany(f"UPDATE outputs SET state='{COMMITTED}' WHERE task=?",
                                     self._commits)
                 for kind, key, value in self._states:

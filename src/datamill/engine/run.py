@@ -518,6 +518,7 @@ class _Run:
                                batch_size=self.job.batch_size,
                                task_seconds=self.job.task_seconds,
                                max_batch=self.job.max_batch, on_idle=self._at_end,
+                               align=self.job.align if self.job.aligned else None,
                                first_task_id=self.ledger.next_task_id,
                                on_start=lambda: self._check_nodes(executor),
                                on_poll=self._on_poll, on_submit=self._on_submit,

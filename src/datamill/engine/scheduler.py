@@ -84,7 +84,8 @@ class Scheduler:
                  on_start: Callable[[], None] | None = None,
                  on_submit: Callable[[int, list[WorkItem]], None] | None = None,
                  on_task_end: Callable[[int, bool], None] | None = None,
-                 on_idle: Callable[[], bool] | None = None):
+                 on_idle: Callable[[], bool] | None = None,
+                 align: Callable[[Any], int] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -104,6 +105,9 @@ class Scheduler:
         self._side: deque[WorkItem] = deque()  # side tasks to run (payload, callback)
         self._side_inflight: dict[int, WorkItem] = {}
         self._on_idle = on_idle
+        # align(payload): how many items from this one to the next task boundary the job
+        # wants (map's ordered shards); a task that starts there ends at the boundary
+        self._align = align
         self._exhausted = False
         self._started = False
         self._draining = False
@@ -173,6 +177,13 @@ class Scheduler:
         while self._queued and len(task) < size:
             task.append(self._queued.popleft())
         if len(task) < size and not self._exhausted:
+            if not task and self._align is not None:
+                first = next(self._source, None)
+                if first is None:
+                    self._exhausted = True
+                    return task
+                task.append(WorkItem(*first))
+                size = max(1, min(size, self._align(first[1])))
             for key, payload in itertools.islice(self._source, size - len(task)):
                 task.append(WorkItem(key, payload))
             if len(task) < size:

@@ -54,6 +54,9 @@ class MapJob(TreeJob):
                          options.extensions or None)  # type: ignore[arg-type]  # None: all files
         self.key_fn = key
         self.max_batch = options.shard_size
+        # ordered: a task's items end where a shard would if each gave one record, so its
+        # part can be that shard (linked, not merged)
+        self.aligned = options.ordered and options.shard_bytes is None
         self.suffix = SUFFIX[options.output_format]
         self.asm = Assembler(options.shard_size, options.shard_bytes, options.ordered)
         self.schema: Schema | None = None
@@ -131,6 +134,9 @@ class MapJob(TreeJob):
                     continue
                 seen.add(key)
             yield Item(key, (seq, key, value))
+
+    def align(self, payload: Any) -> int:
+        return self.opts.shard_size - payload[0] % self.opts.shard_size
 
     def count(self) -> int | None:
         if self.iterable is not None:
