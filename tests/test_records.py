@@ -169,8 +169,10 @@ def test_shard_from_three_parts_with_a_narrower_schema(tmp_path, fmt, monkeypatc
     monkeypatch.setattr(records_parquet, "ROW_GROUP_ROWS", 4)
     records = records_for(fmt, 12)
     schema = infer(fmt, records)
-    # the part schema: without "caption" (missing) and with "count" None throughout
-    narrow_records = [{k: (None if k == "count" else v) for k, v in r.items() if k != "caption"}
+    # the part schema: without "caption" (missing), with "count" (and the arrays, the JSON)
+    # None throughout
+    nulls = ("count", "meta", "image", "emb", "depth")
+    narrow_records = [{k: (None if k in nulls else v) for k, v in r.items() if k != "caption"}
                       for r in records[4:8]]
     narrow = infer(fmt, narrow_records)
     assert narrow.fields["count"] == {"kind": "null"} and "caption" not in narrow.fields
@@ -187,7 +189,7 @@ def test_shard_from_three_parts_with_a_narrower_schema(tmp_path, fmt, monkeypatc
 
     expected = [dict(r) for r in records[1:11]]
     for r in expected[3:7]:
-        r["caption"], r["count"] = None, None
+        r.update({k: None for k in ("caption", *nulls) if k in r})
     direct = tmp_path / f"direct{SUFFIX[fmt]}"
     assert write(fmt, direct, schema, expected, first=1) == info
     assert direct.read_bytes() == shard.read_bytes()

@@ -35,10 +35,10 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from datamill.atomic import rename_noreplace, temp_path_for
-from datamill.io.shards import _tar_header
+from datamill.io.shards import _HEADER_TEMPLATE, _tar_header
 
 from .parquet import ParquetEncoder, read_parquet, schema_of
-from .schema import KEY_FIELD, Schema, encoded_size, json_text
+from .schema import KEY_FIELD, Schema, json_text, values_size
 
 FORMATS = ("parquet", "webdataset", "jsonl", "pickle")
 SUFFIX = {"parquet": ".parquet", "webdataset": ".tar", "jsonl": ".jsonl", "pickle": ".pkl"}
@@ -66,6 +66,7 @@ def _check_format(fmt: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 _ARRAY_KINDS = ("list", "array", "ragged")
+_MEMBERLESS_NONE = ("str", "bytes", *_ARRAY_KINDS)  # None in these kinds: no member
 
 
 def member_suffix(name: str, kind: str) -> str:
@@ -81,10 +82,40 @@ def member_suffix(name: str, kind: str) -> str:
     return name if ext == name else f"{name}.{ext}"
 
 
+# `_tar_header`'s bytes for short ASCII names, its checksum summed from what changes only
+_TEMPLATE_SUM = sum(_HEADER_TEMPLATE) - sum(_HEADER_TEMPLATE[124:136])
+
+
+def _member_header(name: str, size: int) -> bytes:
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 100 or not raw.isascii() or size >= 8 ** 11:
+        return _tar_header(name, size)
+    size_field = b"%011o\0" % size
+    header = bytearray(_HEADER_TEMPLATE)
+    header[0:len(raw)] = raw
+    header[124:136] = size_field
+    header[148:155] = b"%06o\0" % (_TEMPLATE_SUM + sum(raw) + sum(size_field))
+    return bytes(header)
+
+
+_NPY_HEADERS: dict[tuple[np.dtype, tuple[int, ...]], bytes] = {}
+
+
 def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+    """`np.save`'s bytes of `array`: its header (depending on dtype and shape only, cached)
+    and its data in C order."""
+    array = np.ascontiguousarray(array)
+    key = (array.dtype, array.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, array, allow_pickle=False)
+        npy = buf.getvalue()
+        if len(_NPY_HEADERS) >= 4096:
+            _NPY_HEADERS.clear()
+        _NPY_HEADERS[key] = npy[:len(npy) - array.nbytes]
+        return npy
+    return header + array.tobytes()
 
 
 class TarEncoder:
@@ -97,7 +128,7 @@ class TarEncoder:
         members = []
         for (name, kind, suffix), value in zip(self._fields, values):
             if value is None:
-                if kind in ("str", "bytes") or kind in _ARRAY_KINDS:
+                if kind in _MEMBERLESS_NONE:
                     continue
                 payload = b"null"
             elif kind == "str":
@@ -113,9 +144,43 @@ class TarEncoder:
             members.append((f"{key}.{self._fields[0][0]}.json", b"null"))
         write = self._file.write
         for member, payload in members:
-            write(_tar_header(member, len(payload)))
+            write(_member_header(member, len(payload)))
             write(payload)
             write(bytes(-len(payload) % tarfile.BLOCKSIZE))
+
+    def copy_from(self, path: str, start: int, end: int) -> int:
+        """Append records [start, end) of tar `path` (written by this encoder with a schema
+        ours covers): a record whose members are those `add` would write for it is copied
+        as it is (the same bytes), any other is decoded and added."""
+        names = {name for name, _, _ in self._fields}
+        count = 0
+        with open(path, "rb") as f:
+            records = groupby(_tar_members(f, raw=True),
+                              key=lambda member: member[0].partition(".")[0])
+            for n, (key, group) in enumerate(records):
+                if n >= end:
+                    break
+                if n < start:
+                    continue
+                members = [(name.partition(".")[2], data, raw) for name, data, raw in group]
+                suffixes = [suffix for suffix, _, _ in members]
+                present = set(suffixes)
+                expected = [suffix for _, kind, suffix in self._fields
+                            if suffix in present or kind not in _MEMBERLESS_NONE]
+                if not expected and members[0][1] == b"null":
+                    expected = [f"{self._fields[0][0]}.json"]
+                if suffixes == expected:
+                    for _, _, raw in members:
+                        self._file.write(raw)
+                else:
+                    record = dict(_decode_member(suffix, data) for suffix, data, _ in members)
+                    extra = record.keys() - names
+                    if extra:
+                        raise ValueError(f"{path}: record {key!r} has fields {sorted(extra)} "
+                                         "that are not in the schema")
+                    self.add(key, [record.get(name) for name, _, _ in self._fields], 0)
+                count += 1
+        return count
 
     def finish(self) -> None:
         # As tarfile ends an archive: two zero blocks, then zeros up to a whole record.
@@ -144,10 +209,12 @@ def _octal(field: bytes) -> int:
     return int(field.strip(b"\0 ") or b"0", 8)
 
 
-def _tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def _tar_members(f: BinaryIO, raw: bool = False) -> Iterator[tuple[Any, ...]]:
     """(name, data) of the regular files of a tar that `TarEncoder` wrote: plain ustar
-    headers, and PAX headers for long names (read directly: tarfile costs ~30 us a member)."""
+    headers, and PAX headers for long names (read directly: tarfile costs ~30 us a member).
+    With `raw`: (name, data, the member's bytes in the tar, its PAX header's included)."""
     long_name = None
+    pieces: list[bytes] = []
     while True:
         header = f.read(tarfile.BLOCKSIZE)
         if len(header) < tarfile.BLOCKSIZE or header == bytes(tarfile.BLOCKSIZE):
@@ -157,7 +224,9 @@ def _tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
             raise ValueError(f"{getattr(f, 'name', 'tar')}: bad tar header checksum")
         size = _octal(header[124:136])
         data = f.read(size)
-        f.read(-size % tarfile.BLOCKSIZE)
+        pad = f.read(-size % tarfile.BLOCKSIZE)
+        if raw:
+            pieces += (header, data, pad)
         kind = header[156:157]
         if kind == tarfile.XHDTYPE:
             for line in data.decode("utf-8", "surrogateescape").splitlines():
@@ -172,7 +241,11 @@ def _tar_members(f: BinaryIO) -> Iterator[tuple[str, bytes]]:
                 prefix = header[345:500].split(b"\0", 1)[0]
                 if prefix and header[257:262] == b"ustar":
                     name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-            yield name, data
+            if raw:
+                yield name, data, b"".join(pieces)
+            else:
+                yield name, data
+        pieces = []
         long_name = None
 
 
@@ -282,6 +355,8 @@ class RecordWriter:
         self.records = 0
         self.info: FileInfo | None = None
         self._done = False
+        self._names = list(schema.fields)
+        self._names_size = sum(map(len, self._names))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = temp_path_for(self.path)
         self._file = open(self._tmp, "wb")
@@ -298,8 +373,8 @@ class RecordWriter:
         if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise ValueError(f"bad record key {key!r}: non-empty, without '.', '/', '\\\\', "
                              "NUL or whitespace (see safe_key)")
-        values = [record.get(name) for name in self.schema.fields]
-        size = encoded_size(dict(zip(self.schema.fields, values)))
+        values = list(map(record.get, self._names))
+        size = self._names_size + values_size(values)
         self._encoder.add(key, values, size)
         self.records += 1
         return size
@@ -401,8 +476,13 @@ def write_shard(fmt: str, final_path: str | os.PathLike[str], schema: Schema,
     with RecordWriter(fmt, final_path, schema) as writer:
         for part, start, end in slices:
             n = writer.records
-            for key, record in read_records(fmt, part, start, end, schema):
-                writer.add(key, record)
+            copy_from = getattr(writer._encoder, "copy_from", None)
+            copied = None if copy_from is None else copy_from(os.fspath(part), start, end)
+            if copied is not None:
+                writer.records += copied
+            else:
+                for key, record in read_records(fmt, part, start, end, schema):
+                    writer.add(key, record)
             if writer.records - n != end - start:
                 raise ValueError(f"{part} has {start + writer.records - n} records, fewer "
                                  f"than the {end} asked for")

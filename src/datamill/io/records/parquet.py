@@ -42,6 +42,7 @@ _VALUE_TYPES = {"str": pa.string(), "bytes": pa.binary(), "int": pa.int64(),
                 "json": pa.string()}
 _HF_VALUE = {"str": "string", "bytes": "binary", "int": "int64", "float": "float64",
              "bool": "bool", "null": "null", "json": "string"}
+_NONE_TYPE = type(None)
 _RAGGED_TYPE = pa.struct([pa.field("data", pa.binary()), pa.field("shape", pa.list_(pa.int64())),
                           pa.field("dtype", pa.string())])
 
@@ -111,48 +112,164 @@ def schema_of(arrow: pa.Schema) -> Schema:
     return Schema(fields)
 
 
-def _mask(values: list[Any]) -> pa.Array | None:
-    if all(v is not None for v in values):
+# Arrow arrays are built from their buffers here, not with `pa.array`: it costs less, and
+# `pa.array` imports pandas when it is installed (~0.5 s in each new worker process).
+_INT32_MAX = (1 << 31) - 1
+
+
+def _buffer(array: np.ndarray) -> pa.Buffer:
+    return pa.py_buffer(np.ascontiguousarray(array))
+
+
+def _valid(values: list[Any]) -> np.ndarray | None:
+    """Which values are not None; None when all are not."""
+    if _NONE_TYPE not in map(type, values):  # types compare by identity (arrays would not)
         return None
-    return pa.array([v is None for v in values], pa.bool_())
+    return np.fromiter((v is not None for v in values), bool, len(values))
+
+
+def _bitmap(valid: np.ndarray | None) -> pa.Buffer | None:
+    return None if valid is None else _buffer(np.packbits(valid, bitorder="little"))
+
+
+def _nulls(valid: np.ndarray | None) -> int:
+    return 0 if valid is None else int(len(valid) - np.count_nonzero(valid))
+
+
+def _mask(valid: np.ndarray | None) -> pa.Array | None:
+    """The `mask` argument of `from_arrays`: true where a value is None."""
+    if valid is None:
+        return None
+    return _numeric(pa.bool_(), ~valid)
+
+
+def _numeric(t: pa.DataType, data: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """A 1-D NumPy array (of `t`'s dtype; bool for pa.bool_()) as an Arrow array."""
+    n = len(data)
+    if t == pa.bool_():
+        data = np.packbits(data.astype(bool, copy=False), bitorder="little")
+    return pa.Array.from_buffers(t, n, [_bitmap(valid), _buffer(data)], null_count=_nulls(valid))
+
+
+def _offsets(lengths: np.ndarray) -> pa.Array:
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if offsets[-1] > _INT32_MAX:
+        raise OverflowError("more than 2**31 - 1 values in a list column of one row group")
+    return _numeric(pa.int32(), offsets.astype(np.int32))
+
+
+def _binary(t: pa.DataType, values: list[Any]) -> pa.Array:
+    """str (UTF-8) or bytes values, some None, as a string or binary array."""
+    valid = _valid(values)
+    if t == pa.string():
+        parts = [b"" if v is None else v.encode("utf-8") for v in values] \
+            if valid is not None else [v.encode("utf-8") for v in values]
+    else:
+        parts = values if valid is None else [b"" if v is None else v for v in values]
+    lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+    if int(lengths.sum()) > _INT32_MAX:  # pyarrow chunks it: let it
+        return pa.array(values, t)
+    offsets = np.zeros(len(parts) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:], dtype=np.int32)
+    return pa.Array.from_buffers(t, len(parts), [_bitmap(valid), _buffer(offsets),
+                                                 pa.py_buffer(b"".join(parts))],
+                                 null_count=_nulls(valid))
+
+
+def _scalars(t: pa.DataType, dtype: type, values: list[Any]) -> pa.Array:
+    valid = _valid(values)
+    if valid is not None:
+        values = [0 if v is None else v for v in values]
+    return _numeric(t, np.array(values, dtype), valid)
+
+
+def _list(lengths: np.ndarray, child: pa.Array, valid: np.ndarray | None) -> pa.Array:
+    if valid is not None:
+        full = np.zeros(len(valid), np.int64)
+        full[valid] = lengths
+        lengths = full
+    return pa.ListArray.from_arrays(_offsets(lengths), child, mask=_mask(valid))
 
 
 def _array_column(spec: dict[str, Any], values: list[Any]) -> pa.Array:
     dtype = np.dtype(spec["dtype"])
-    present = [v for v in values if v is not None]
-    flat = np.concatenate([v.ravel() for v in present]) if present else np.empty(0, dtype)
-    child: pa.Array = pa.array(flat.astype(dtype, copy=False))
+    valid = _valid(values)
+    present = values if valid is None else [v for v in values if v is not None]
     if spec["kind"] == "list":
-        lengths = [0 if v is None else len(v) for v in values]
+        flat = np.concatenate(present) if present else np.empty(0, dtype)
+        lengths = np.fromiter(map(len, present), np.int64, len(present))
     else:
         shape = spec["shape"]
+        flat = (np.concatenate(present).reshape(-1) if present and shape[0]
+                else np.empty(0, dtype))
+        lengths = np.full(len(present), shape[0], np.int64)
+    child = _numeric(pa.from_numpy_dtype(dtype), flat.astype(dtype, copy=False))
+    if spec["kind"] == "array":
         count = len(present)
         for k in range(len(shape) - 1, 0, -1):  # the inner levels: every list has shape[k] items
             count_k = count * int(np.prod(shape[:k]))
-            offsets = np.arange(count_k + 1, dtype=np.int32) * shape[k]
-            child = pa.ListArray.from_arrays(pa.array(offsets), child)
-        lengths = [0 if v is None else shape[0] for v in values]
-    offsets = np.zeros(len(values) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), child, mask=_mask(values))
+            child = pa.ListArray.from_arrays(
+                _offsets(np.full(count_k, shape[k], np.int64)), child)
+    return _list(lengths, child, valid)
 
 
 def _column(spec: dict[str, Any], values: list[Any]) -> pa.Array:
     kind = spec["kind"]
     if kind == "null":
         return pa.nulls(len(values))
-    if kind == "json":
-        return pa.array([None if v is None else json_text(v) for v in values], pa.string())
+    if kind in ("str", "json"):
+        if kind == "json":
+            values = [None if v is None else json_text(v) for v in values]
+        return _binary(pa.string(), values)
+    if kind == "bytes":
+        return _binary(pa.binary(), values)
     if kind in ("list", "array"):
         return _array_column(spec, values)
     if kind == "ragged":
+        valid = _valid(values)
+        present = values if valid is None else [v for v in values if v is not None]
+        shapes = [d for v in present for d in v.shape]
         children = [
-            pa.array([None if v is None else v.tobytes() for v in values], pa.binary()),
-            pa.array([None if v is None else list(v.shape) for v in values], pa.list_(pa.int64())),
-            pa.array([None if v is None else v.dtype.name for v in values], pa.string()),
+            _binary(pa.binary(), [None if v is None else v.tobytes() for v in values]),
+            _list(np.fromiter((v.ndim for v in present), np.int64, len(present)),
+                  _numeric(pa.int64(), np.array(shapes, np.int64)), valid),
+            _binary(pa.string(), [None if v is None else v.dtype.name for v in values]),
         ]
-        return pa.StructArray.from_arrays(children, fields=list(_RAGGED_TYPE), mask=_mask(values))
+        return pa.StructArray.from_arrays(children, fields=list(_RAGGED_TYPE), mask=_mask(valid))
+    if kind == "int":
+        return _scalars(pa.int64(), np.int64, values)
+    if kind == "float":
+        return _scalars(pa.float64(), np.float64, values)
+    if kind == "bool":
+        return _scalars(pa.bool_(), np.bool_, values)
     return pa.array(values, _VALUE_TYPES[kind])
+
+
+def _storage(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    if isinstance(column.type, pa.ExtensionType):  # ArrayND once `datasets` is imported
+        return pa.chunked_array([c.storage for c in column.chunks], column.type.storage_type)
+    return column
+
+
+def _row_sizes(spec: dict[str, Any], column: pa.ChunkedArray) -> np.ndarray:
+    """`values_size` of each value of a column, as `_decode_column` would give them."""
+    kind = spec["kind"]
+    n = len(column)
+    if kind == "null":
+        return np.zeros(n, np.int64)
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), np.int64)
+    if kind in ("str", "bytes", "json"):  # UTF-8 length; json: its text is json_text's
+        return pc.binary_length(column).fill_null(0).to_numpy().astype(np.int64)
+    if kind in ("int", "float", "bool"):
+        return valid * 8
+    if kind == "ragged":
+        data = pc.struct_field(column, "data")
+        return pc.binary_length(data).fill_null(0).to_numpy().astype(np.int64) * valid
+    itemsize = np.dtype(spec["dtype"]).itemsize
+    if kind == "list":
+        return pc.list_value_length(column).fill_null(0).to_numpy().astype(np.int64) * itemsize
+    return valid * (int(np.prod(spec["shape"])) * itemsize)
 
 
 class ParquetEncoder:
@@ -162,28 +279,95 @@ class ParquetEncoder:
         self.schema = schema
         self.arrow = arrow_schema(schema)
         self._writer = pq.ParquetWriter(file, self.arrow, compression="zstd")
-        self._keys: list[str] = []
+        self._tables: list[pa.Table] = []  # rows taken as Arrow slices (merges), in order
+        self._keys: list[str] = []         # then rows added one by one
         self._columns: list[list[Any]] = [[] for _ in schema.fields]
+        self._rows = 0
         self._bytes = 0
 
     def add(self, key: str, values: list[Any], size: int) -> None:
         self._keys.append(key)
         for column, value in zip(self._columns, values):
             column.append(value)
+        self._rows += 1
         self._bytes += size
-        if len(self._keys) >= ROW_GROUP_ROWS or self._bytes >= ROW_GROUP_BYTES:
+        if self._rows >= ROW_GROUP_ROWS or self._bytes >= ROW_GROUP_BYTES:
             self._flush()
 
-    def _flush(self) -> None:
-        if not self._keys:
-            return
-        arrays = [pa.array(self._keys, pa.string())]
+    def copy_from(self, path: str, start: int, end: int) -> int | None:
+        """Append rows [start, end) of parquet file `path` (written by this encoder with a
+        schema ours covers) as Arrow data, with the same row groups and bytes as `add` of
+        their decoded records would give; the number of rows, or None when the file's
+        schema is not covered (the caller then decodes the rows, which says why)."""
+        f = pq.ParquetFile(path)
+        theirs = schema_of(f.schema_arrow)
+        if not self.schema.covers(theirs):
+            return None
+        groups, first = [], 0
+        for group in range(f.num_row_groups):
+            rows = f.metadata.row_group(group).num_rows
+            if first < end and start < first + rows:
+                if not groups:
+                    offset = start - first
+                groups.append(group)
+            first += rows
+        if not groups:
+            return 0
+        table = f.read_row_groups(groups)
+        table = table.slice(offset, min(end, first) - start)
+        n = table.num_rows
+        columns = [table.column(KEY_FIELD)]
+        sizes = np.full(n, sum(map(len, self.schema.fields)), np.int64)
+        for (name, spec), field in zip(self.schema.fields.items(), list(self.arrow)[1:]):
+            if theirs.fields.get(name) == spec:
+                column = _storage(table.column(name))
+                if column.type != field.type:
+                    column = column.cast(field.type)
+                sizes += _row_sizes(spec, column)
+            else:  # missing, or None throughout in that file
+                column = pa.chunked_array([pa.nulls(n, field.type)], field.type)
+            columns.append(column)
+        self._append(pa.Table.from_arrays(columns, schema=self.arrow), sizes)
+        return n
+
+    def _append(self, table: pa.Table, sizes: np.ndarray) -> None:
+        """Buffer `table` (rows with `sizes`), cutting row groups as `add` does."""
+        if self._keys:
+            self._tables.append(self._python_table())
+        start, n = 0, table.num_rows
+        while start < n:
+            take = min(ROW_GROUP_ROWS - self._rows, n - start)
+            ends = np.cumsum(sizes[start:start + take]) + self._bytes
+            full = int(np.searchsorted(ends, ROW_GROUP_BYTES))  # first row reaching it
+            if full < take:
+                take = full + 1
+            self._tables.append(table.slice(start, take))
+            self._rows += take
+            self._bytes = int(ends[take - 1])
+            start += take
+            if self._rows >= ROW_GROUP_ROWS or self._bytes >= ROW_GROUP_BYTES:
+                self._flush()
+
+    def _python_table(self) -> pa.Table:
+        arrays = [_binary(pa.string(), self._keys)]
         arrays += [_column(spec, column)
                    for spec, column in zip(self.schema.fields.values(), self._columns)]
-        table = pa.Table.from_arrays(arrays, schema=self.arrow)
-        self._writer.write_table(table, row_group_size=len(self._keys))
         self._keys = []
         self._columns = [[] for _ in self.schema.fields]
+        return pa.Table.from_arrays(arrays, schema=self.arrow)
+
+    def _flush(self) -> None:
+        tables = self._tables
+        if self._keys:
+            tables.append(self._python_table())
+        if not tables:
+            return
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        # one chunk per column, as when built from Python values: the same pages, same bytes
+        table = table.combine_chunks()
+        self._writer.write_table(table, row_group_size=table.num_rows)
+        self._tables = []
+        self._rows = 0
         self._bytes = 0
 
     def finish(self) -> None:

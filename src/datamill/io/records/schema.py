@@ -186,13 +186,19 @@ def encoded_size(record: Mapping[str, Any]) -> int:
     """The size of a normalised record's payload, the same in every format: per field, the
     length of its name plus the UTF-8 length of a str or JSON text, len of bytes, nbytes of
     an array, 8 for a number or bool, 0 for None."""
+    return sum(map(len, record)) + values_size(record.values())
+
+
+def values_size(values: Iterable[Any]) -> int:
+    """`encoded_size` without the field names: the sizes of normalised values."""
     size = 0
-    for name, value in record.items():
-        size += len(name)
+    for value in values:
         if value is None:
             continue
         t = type(value)
-        if t is str:
+        if t is np.ndarray:
+            size += value.nbytes
+        elif t is str:
             size += len(value) if value.isascii() else len(value.encode("utf-8"))
         elif t is bytes:
             size += len(value)
@@ -203,6 +209,136 @@ def encoded_size(record: Mapping[str, Any]) -> int:
         else:
             size += 8
     return size
+
+
+# -- the fast path of `Schema.conform` -------------------------------------------------------
+# Per schema and format, one checker per field that takes a value already in its normal form
+# (or a NumPy scalar of the field's kind) and returns it normalised, or `_SLOW` for anything
+# else: then the whole record goes through `normalize` and `_check`, which give the result
+# or the error. So the fast path changes no result and no message, it only skips work.
+
+_SLOW = object()
+_NP_INTS = frozenset({np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+                      np.uint64, np.intc, np.uintc, np.int_, np.uint, np.longlong,
+                      np.ulonglong})
+_NP_FLOATS = frozenset({np.float16, np.float32, np.float64})
+
+
+def _fast_str(value: Any) -> Any:
+    if type(value) is str:
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SLOW
+        return value
+    return _SLOW
+
+
+def _fast_bytes(value: Any) -> Any:
+    return value if type(value) is bytes else _SLOW
+
+
+def _fast_float(value: Any) -> Any:
+    t = type(value)
+    if t is float:
+        return value
+    if t in _NP_FLOATS:
+        return float(value)
+    return _SLOW
+
+
+def _fast_bool(value: Any) -> Any:
+    t = type(value)
+    if t is bool:
+        return value
+    if t is np.bool_:
+        return bool(value)
+    return _SLOW
+
+
+def _fast_int(value: Any) -> Any:
+    t = type(value)
+    if t is int:
+        return value
+    if t in _NP_INTS:
+        return int(value)
+    return _SLOW
+
+
+def _fast_int64(value: Any) -> Any:
+    t = type(value)
+    if t is not int:
+        if t not in _NP_INTS:
+            return _SLOW
+        value = int(value)
+    return value if _INT64[0] <= value <= _INT64[1] else _SLOW
+
+
+def _fast_never(value: Any) -> Any:
+    return _SLOW
+
+
+def _fast_checker(name: str, spec: Mapping[str, Any], fmt: str) -> Any:
+    kind = spec["kind"]
+    if kind == "str":
+        return _fast_str
+    if kind == "bytes":
+        return _fast_never if fmt == "jsonl" else _fast_bytes
+    if kind == "int":
+        return _fast_int64 if fmt == "parquet" else _fast_int
+    if kind == "float":
+        return _fast_float
+    if kind == "bool":
+        return _fast_bool
+    if kind == "json":
+        def check_json(value: Any) -> Any:
+            if type(value) is list or type(value) is dict:
+                try:
+                    return _normalize_json(name, value)
+                except RecordError:
+                    return _SLOW
+            return _SLOW
+        return check_json
+    if kind not in ("list", "array", "ragged") or fmt == "jsonl":
+        return _fast_never
+    if kind == "ragged":
+        kinds = _DTYPE_KINDS + "c"
+
+        def check_ragged(value: Any) -> Any:
+            if type(value) is np.ndarray and value.ndim and value.flags.c_contiguous:
+                dtype = value.dtype
+                if dtype.kind in kinds and dtype.isnative:
+                    return value
+            return _SLOW
+        return check_ragged
+    try:
+        dtype = np.dtype(spec["dtype"])
+    except TypeError:
+        return _fast_never
+    if dtype.kind not in _DTYPE_KINDS + ("" if fmt == "parquet" else "c"):
+        return _fast_never
+    if kind == "list":
+        def check_list(value: Any) -> Any:
+            if type(value) is np.ndarray and value.ndim == 1 and \
+                    (value.dtype is dtype or value.dtype == dtype) and value.flags.c_contiguous:
+                return value
+            return _SLOW
+        return check_list
+    shape = tuple(spec["shape"])
+
+    def check_array(value: Any) -> Any:
+        if type(value) is np.ndarray and value.shape == shape and \
+                (value.dtype is dtype or value.dtype == dtype) and value.flags.c_contiguous:
+            return value
+        return _SLOW
+    return check_array
+
+
+def _valid_name(name: Any, fmt: str) -> bool:
+    return isinstance(name, str) and bool(name) and name != KEY_FIELD and \
+        (fmt != "webdataset" or _WDS_NAME_RE.fullmatch(name) is not None)
 
 
 def value_spec(name: str, value: Any, fmt: str, ragged: bool) -> dict[str, Any]:
@@ -262,9 +398,18 @@ class Schema:
     """
 
     fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # fmt -> (the `fields` it was made from, their names, [(name, checker)] or None)
+    _plans: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Schema) and list(self.fields.items()) == list(other.fields.items())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fields": self.fields}  # not the cached checkers (closures)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.fields = state["fields"]
+        self._plans = {}
 
     @classmethod
     def infer(cls, record: Any, fmt: str, ragged: Iterable[str] = ()) -> "Schema":
@@ -280,6 +425,34 @@ class Schema:
     def conform(self, record: Any, fmt: str) -> dict[str, Any]:
         """`record` normalised, with every field of the schema in its order (a missing field
         as None); RecordError if it does not fit the schema."""
+        plan = self._plans.get(fmt)
+        if plan is None or plan[0] is not self.fields:
+            plan = self._plan(fmt)
+        checks = plan[2]
+        if checks is not None and type(record) is dict and record.keys() <= plan[1]:
+            out = {}
+            get = record.get
+            for name, check in checks:
+                value = get(name)
+                if value is not None:
+                    value = check(value)
+                    if value is _SLOW:
+                        break
+                out[name] = value
+            else:
+                return out
+        return self._conform(record, fmt)
+
+    def _plan(self, fmt: str) -> tuple[Any, ...]:
+        fields = self.fields
+        checks = None
+        if all(_valid_name(name, fmt) for name in fields):
+            checks = [(name, _fast_checker(name, spec, fmt)) for name, spec in fields.items()]
+        plan = (fields, frozenset(fields), checks)
+        self._plans[fmt] = plan
+        return plan
+
+    def _conform(self, record: Any, fmt: str) -> dict[str, Any]:
         values = normalize(record, fmt)
         for name in values:
             if name not in self.fields:
