@@ -329,7 +329,10 @@ def test_interrupt_then_rerun_completes_with_every_item_once(tmp_path):
     dst = tmp_path / "dst"
     cmd = [sys.executable, str(HERE / "textjob.py"), str(src), str(dst)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
+    deadline = time.monotonic() + 60  # the run has started (a loaded machine imports slowly)
+    while not list(dst.glob("*.out")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

@@ -277,8 +277,9 @@ class _Run:
         self.meta: dict[str, Item] = {}
         self.skipped_done = 0
         self.skipped_failed = 0
-        self.window: deque[tuple[str, str | None]] = deque()  # (key, error class or None)
-        self.window_failed = 0
+        # the failures among the last `failure_window` outcomes: (outcome number, key, class)
+        self.window: deque[tuple[int, str, str | None]] = deque()
+        self.outcomes_seen = 0
         self.sched: Scheduler | None = None
         self.progress: Progress | None = None
         self.run_id = 0
@@ -537,7 +538,7 @@ class _Run:
         except SystemicFailure as exc:
             status, message = "stopped", f"stopped: {exc}"
             self._drain()  # failures while draining join the window, forgotten below
-            self._safely(lambda: self.ledger.forget(k for k, r in self.window if r is not None))
+            self._safely(lambda: self.ledger.forget(k for _, k, _ in self.window))
         except WorkerInitError as exc:
             status, message = "stopped", f"stopped: {exc}"
         except (OSError, sqlite3.Error) as exc:
@@ -642,17 +643,19 @@ class _Run:
             self._opened(it, OK, len(follow), now=True)
         if not (status == OK and it.parent is None and it.stage != self.job.final_stage):
             self._closed(it, status, reason)
-        self._watch(it, status, reason, r, stop=watch)
+        if status == FAILED:
+            self._watch(it, reason, r, stop=watch)
+        else:
+            self.outcomes_seen += 1
 
-    def _watch(self, it: Item, status: str, reason: str | None, r: Result, stop: bool) -> None:
-        """Keep the recent outcomes; raise SystemicFailure when the job should stop."""
-        is_failed = status == FAILED
+    def _watch(self, it: Item, reason: str | None, r: Result, stop: bool) -> None:
+        """Keep the recent failures; raise SystemicFailure when the job should stop."""
+        self.outcomes_seen += 1
         window = self.window
-        window.append((it.key, reason if is_failed else None))
-        self.window_failed += is_failed
-        if len(window) > self.opts.failure_window:
-            self.window_failed -= window.popleft()[1] is not None
-        if not is_failed or not stop:
+        window.append((self.outcomes_seen, it.key, reason))
+        while window[0][0] <= self.outcomes_seen - self.opts.failure_window:
+            window.popleft()
+        if not stop:
             return
         if reason == "disk_full":
             raise SystemicFailure(f"the disk is full ({r.error.message if r.error else ''}); "
@@ -660,11 +663,11 @@ class _Run:
         if self.job.source_gone():
             raise SystemicFailure(f"SRC {self.job.src} disappeared; when it is back, run the "
                                   "same command again")
-        n = len(self.window)
-        if n >= self.opts.failure_window and self.window_failed >= self.opts.failure_ratio * n:
-            top = Counter(c for _, c in self.window if c is not None).most_common(1)[0][0]
+        n = min(self.outcomes_seen, self.opts.failure_window)
+        if n >= self.opts.failure_window and len(window) >= self.opts.failure_ratio * n:
+            top = Counter(c for _, _, c in window).most_common(1)[0][0]
             raise SystemicFailure(
-                f"{self.window_failed} of the last {n} items failed, most with {top} "
+                f"{len(window)} of the last {n} items failed, most with {top} "
                 f"(e.g. {r.error.message if r.error else reason}); fix the cause and run the "
                 "same command again to resume")
 
