@@ -74,7 +74,7 @@ def check_shards(dst: Path, size: int) -> list[dict]:
 
 # -- the happy paths ---------------------------------------------------------------------------
 
-def test_an_iterable_into_parquet_shards_of_exactly_the_size_read_by_every_reader(tmp_path):
+def test_an_iterable_into_parquet_shards_of_exactly_the_size_read_by_every_reader(tmp_path, hf):
     dst = tmp_path / "out"
     report = datamill.map(mapfns.record, range(2500), dst, shard_size=1000, workers=2,
                           quiet=True)
@@ -92,9 +92,7 @@ def test_an_iterable_into_parquet_shards_of_exactly_the_size_read_by_every_reade
     assert table.num_rows == 2500
     import pandas as pd
     assert len(pd.read_parquet(dst / "00001.parquet")) == 1000
-    from datasets import load_dataset
-    ds = load_dataset("parquet", data_files=[str(p) for p in sorted(dst.glob("0*.parquet"))],
-                      split="train")
+    ds = hf(shards)
     assert len(ds) == 2500
     row = ds.with_format("numpy")[0]
     assert row["img"].shape == (4, 3) and row["vec"].shape == (64,)

@@ -25,22 +25,6 @@ pd = pytest.importorskip("pandas")
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 
-@pytest.fixture()
-def hf(tmp_path, monkeypatch):
-    """Hugging Face `datasets`, offline, its caches in tmp_path."""
-    for name, value in [("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"),
-                        ("HF_HOME", str(tmp_path / "hf")),
-                        ("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))]:
-        monkeypatch.setenv(name, value)
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
-
-    def load(path: Path):
-        return datasets.load_dataset("parquet", data_files=str(path),
-                                     cache_dir=str(tmp_path / "hf" / "cache"))["train"]
-    return load
-
-
 def plain(value):
     """A value pandas gives back, as pyarrow's to_pylist gives it (NaN, NA -> None, numpy
     scalars -> Python)."""

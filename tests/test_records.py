@@ -255,17 +255,10 @@ def test_parquet_shards_open_in_pyarrow_dataset_and_pandas(tmp_path):
     assert list(frame["emb"][3]) == list(records[3]["emb"])
 
 
-def test_parquet_opens_in_hugging_face_datasets(tmp_path, monkeypatch):
-    for name, value in [("HF_DATASETS_OFFLINE", "1"), ("HF_HUB_OFFLINE", "1"),
-                        ("HF_HOME", str(tmp_path / "hf")),
-                        ("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))]:
-        monkeypatch.setenv(name, value)
-    datasets = pytest.importorskip("datasets")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
+def test_parquet_opens_in_hugging_face_datasets(tmp_path, hf):
+    import datasets
     dst, schema, records = write_dataset(tmp_path, "parquet", shards=2)
-    files = [str(p) for p in sorted(dst.glob("*.parquet"))]
-    ds = datasets.load_dataset("parquet", data_files=files, split="train",
-                               cache_dir=str(tmp_path / "hf" / "cache"))
+    ds = hf(sorted(dst.glob("*.parquet")))
     features = ds.features
     assert isinstance(features["image"], datasets.Array3D)
     assert features["image"].shape == (2, 3, 4) and features["image"].dtype == "uint8"

@@ -12,7 +12,7 @@ import ctypes.util
 import errno
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 TMP_MARK = ".datamill-tmp-"
 _AT_FDCWD = -100
@@ -121,3 +121,16 @@ def remove_temps(final: str | os.PathLike) -> bool:
                     os.unlink(entry.path)
                 removed = True
     return removed
+
+
+def discard(file: Any, tmp: str | os.PathLike) -> None:
+    """Close `file` (an error closing it does not matter any more) and remove its temporary
+    path `tmp`: what a writer does when its output is abandoned."""
+    try:
+        file.close()
+    except OSError:
+        pass
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass

@@ -350,15 +350,8 @@ class Ledger:
     def iter_items(self, where: str = "", params: tuple = (),
                    columns: tuple[str, ...] = _COLUMNS) -> Iterator[dict]:
         """Every item row as a dict of `columns`, in key order (streamed, constant memory)."""
-        self.flush()
-        cur = self.db.cursor()
-        cur.execute(f"SELECT {self._cols('items', columns)} FROM items {where} ORDER BY key", params)
-        while True:
-            rows = cur.fetchmany(2000)
-            if not rows:
-                return
-            for row in rows:
-                yield dict(zip(columns, row))
+        for row in self.iter_rows(columns, where, params):
+            yield dict(zip(columns, row))
 
     def iter_rows(self, columns: tuple[str, ...], where: str = "",
                   params: tuple = ()) -> Iterator[tuple]:

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Iterator, Literal, Mapping, NamedTuple, TypeVa
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datamill.atomic import rename_noreplace, temp_path_for, write_bytes_atomic
+from datamill.atomic import discard, rename_noreplace, temp_path_for, write_bytes_atomic
 
 __all__ = [
     "ShardFormat",
@@ -353,14 +353,7 @@ class WebDatasetShardWriter(ShardWriter):
         return self.path.stat().st_size
 
     def _discard(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        discard(self._file, self._tmp)
 
 
 def _tar_header(name: str, size: int) -> bytes:

@@ -518,3 +518,10 @@ def _read_parquet(path: str, gz: bool) -> Iterator[Row]:
             for record in batch.to_pylist():
                 yield Row(index, record)
                 index += 1
+
+
+def list_format_option(what: str = "Input format") -> Any:
+    """The option choosing a list file's format, as the jobs that read lists declare it."""
+    from ..options import option
+    return option(None, f"{what} (default: from the file name; .gz is read as such).",
+                  choices=LIST_FORMATS, fingerprint=False)

@@ -29,7 +29,7 @@ from ..engine.dst import Dst
 from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
 from ..io.http import FetchOptions, FetchResult, fetch_many
 from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
-from ..io.sources import LIST_FORMATS, SourceError, count_rows, read_rows, sniff_format
+from ..io.sources import SourceError, count_rows, list_format_option, read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
 from ..options import OptionError, Options, comma_list, group, option, split_flat
 
@@ -49,9 +49,7 @@ class DownloadOptions(Options):
     caption_col: str | None = option(None, "Column of the caption, stored as <key>.txt.")
     keep_cols: tuple[str, ...] = option(
         (), "Other columns to keep in the metadata, comma-separated.", parse=comma_list)
-    input_format: str | None = option(
-        None, "Input format (default: from the file name; .gz is read as such).",
-        choices=LIST_FORMATS, fingerprint=False)
+    input_format: str | None = list_format_option()
     output_format: str = option(
         "files", "files: 00000/000000123.jpg + .json; webdataset: 00000.tar; parquet: "
         "00000.parquet.", name="format", choices=SHARD_FORMATS)

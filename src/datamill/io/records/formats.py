@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
-from datamill.atomic import rename_noreplace, temp_path_for
+from datamill.atomic import discard, rename_noreplace, temp_path_for
 from datamill.io.shards import _HEADER_TEMPLATE, _tar_header
 
 from .parquet import ParquetEncoder, read_parquet, schema_of
@@ -402,14 +402,7 @@ class RecordWriter:
             return
         self._done = True
         self._encoder_discard()
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        discard(self._file, self._tmp)
 
     def _encoder_discard(self) -> None:
         encoder = getattr(self, "_encoder", None)

@@ -240,31 +240,21 @@ def _fast_bytes(value: Any) -> Any:
     return value if type(value) is bytes else _SLOW
 
 
-def _fast_float(value: Any) -> Any:
-    t = type(value)
-    if t is float:
-        return value
-    if t in _NP_FLOATS:
-        return float(value)
-    return _SLOW
+def _fast_number(py_type: type, np_types: Any) -> Any:
+    """A checker passing a value of `py_type` as it is and one of `np_types` as `py_type`."""
+    def check(value: Any) -> Any:
+        t = type(value)
+        if t is py_type:
+            return value
+        if t in np_types:
+            return py_type(value)
+        return _SLOW
+    return check
 
 
-def _fast_bool(value: Any) -> Any:
-    t = type(value)
-    if t is bool:
-        return value
-    if t is np.bool_:
-        return bool(value)
-    return _SLOW
-
-
-def _fast_int(value: Any) -> Any:
-    t = type(value)
-    if t is int:
-        return value
-    if t in _NP_INTS:
-        return int(value)
-    return _SLOW
+_fast_float = _fast_number(float, _NP_FLOATS)
+_fast_bool = _fast_number(bool, (np.bool_,))
+_fast_int = _fast_number(int, _NP_INTS)
 
 
 def _fast_int64(value: Any) -> Any:

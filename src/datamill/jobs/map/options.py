@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...io.records import FORMATS
-from ...io.sources import LIST_FORMATS
+from ...io.sources import list_format_option
 from ...options import OptionError, Options, comma_list, option, parse_bytes, parse_extensions
 
 
@@ -20,9 +20,7 @@ class MapOptions(Options):
     extensions: tuple[str, ...] = option(
         (), "A folder SRC: only files with these extensions, comma-separated (default: all).",
         flag="--ext", parse=parse_extensions, multiple=True, fingerprint=False)
-    input_format: str | None = option(
-        None, "A list SRC's format (default: from its name; .gz is read as such).",
-        choices=LIST_FORMATS, fingerprint=False)
+    input_format: str | None = list_format_option("A list SRC's format")
     output_format: str = option(
         "parquet", "Shards: parquet, webdataset (tar), jsonl or pickle (unsafe to load from "
         "strangers).", name="format", choices=FORMATS)
