@@ -374,3 +374,33 @@ def test_driver_killed_at_any_point_then_rerun_writes_every_record_once(tmp_path
             except OSError:
                 continue
             assert str(dst).encode() not in cmd or int(proc.name) == os.getpid()
+
+
+def test_a_key_function_names_the_records_and_a_repeated_key_fails_that_item(tmp_path):
+    dst = tmp_path / "out"
+    words = ["apple", "pear", "fig", "pear", "kiwi"]
+    report = datamill.map(lambda w: {"w": w}, words, dst, key=lambda w: f"fruit/{w}",
+                          quiet=True, workers=1)
+    assert report.counts == {"ok": 4, "filtered": 0, "failed": 1}
+    keys = sorted(r["__key__"] for r in check_shards(dst, 10_000))
+    assert keys == ["fruit%2Fapple_0", "fruit%2Ffig_0", "fruit%2Fkiwi_0", "fruit%2Fpear_0"]
+    failure = json.loads((dst / "failures.jsonl").read_text())
+    assert failure["error_class"] == "duplicate_key" and "fruit/pear" in failure["message"]
+
+
+def test_kill_9_of_the_driver_at_a_random_moment_then_the_same_command(tmp_path):
+    src = numbers(tmp_path / "list.txt", 40_000)
+    dst = tmp_path / "out"
+    args = [sys.executable, "-m", "datamill", "map", str(src), str(dst), "--fn",
+            f"{FNS}:several", "--shard-size", "1000", "--workers", "2", "--ordered"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(dst.glob("0*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    recs = check_shards(dst, 1000)
+    assert [(r["n"], r["k"]) for r in recs] == [(n, k) for n in range(40_000) for k in range(n % 4)]
