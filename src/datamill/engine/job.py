@@ -136,6 +136,10 @@ class Job(ABC):
     def summary_lines(self, ledger: Any) -> list[str]:
         return []
 
+    def progress_note(self) -> str:
+        """The job's own words on the progress line (map: records written, shards committed)."""
+        return ""
+
     def count(self) -> int | None:
         """How many items `items()` will yield, or None; run in a thread beside the job (a
         list's lines, a tree walked ahead), for the progress total and ETA."""

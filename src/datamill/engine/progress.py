@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from typing import TextIO
+from typing import Any, TextIO
 
 
 class Progress:
@@ -29,6 +29,7 @@ class Progress:
         self._pending = 0
         self._in_flight = 0
         self._live: tuple[int, int, int] | None = None
+        self.note: Any = None  # a function giving the job's own words ("1200 records, 3 shards")
         if not quiet and self.stream.isatty():
             from tqdm import tqdm
             tqdm.monitor_interval = 0  # no monitor thread: workers are forked from this process
@@ -77,7 +78,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._pending)
             self._pending = 0
-            self._bar.set_postfix_str(self._volume_text(now) + self._failure_text() + running, refresh=True)
+            self._bar.set_postfix_str(self._volume_text(now) + self._failure_text() + running
+                                      + self._note_text(), refresh=True)
             return
         done = self.done + self._in_flight
         rate = done / max(now - self.started, 1e-9)
@@ -87,8 +89,12 @@ class Progress:
             eta = f", ETA {_duration(max(0, self.total - self.skipped - done) / rate)}"
         before = f" ({self.skipped} by earlier runs)" if self.skipped else ""
         print(f"{self.desc}: {self.done + self.skipped}{of} {self.unit}s done{before}{running}, "
-              f"{rate:.1f}/s{eta}, {self._volume_text(now)}{self._failure_text()}",
-              file=self.stream, flush=True)
+              f"{rate:.1f}/s{eta}, {self._volume_text(now)}{self._failure_text()}"
+              f"{self._note_text()}", file=self.stream, flush=True)
+
+    def _note_text(self) -> str:
+        text = self.note() if self.note is not None else ""
+        return f"; {text}" if text else ""
 
     def _volume_text(self, now: float) -> str:
         """MB/s (when batch runners report bytes) and the share of items that succeeded; ''

@@ -510,6 +510,7 @@ class _Run:
         started = time.time()
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
+        self.progress.note = self.job.progress_note
         if self.opts.limit is None and not self.opts.quiet:
             threading.Thread(target=self._count, name="datamill-count", daemon=True).start()
         self.job.cores_per_worker = executor.cores_per_worker()

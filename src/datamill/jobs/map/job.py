@@ -65,6 +65,8 @@ class MapJob(TreeJob):
         self._free: list[Part] = []  # parts no shard needs, removed once that is durable
         self._ended = False
         self._merge_ids: set[int] = set()  # side tasks (merges), to tell them from parts
+        self.records_written = 0  # this run, in parts
+        self.shards_committed = 0  # this run
 
     # -- checks ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -279,6 +281,7 @@ class MapJob(TreeJob):
                 return
             self._set_schema(merged, ledger)
         part.linkable = part.schema == self.schema.to_json()
+        self.records_written += part.records
         self._due += self.asm.add_part(part)
 
     def _reject(self, part: Part, message: str, ledger: Any) -> None:
@@ -352,6 +355,7 @@ class MapJob(TreeJob):
                                   "stops here (move the file away and run again)")
 
     def _shard_done(self, shard: Shard, ledger: Any) -> None:
+        self.shards_committed += 1
         self._free += self.asm.shard_done(shard)
         ledger.put_state("shard", f"{shard.index:08d}", shard.to_state())
 
@@ -390,6 +394,9 @@ class MapJob(TreeJob):
                  "shards": shards}
         with self.dst.atomic_path(INDEX) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(index, f, indent=1)
+
+    def progress_note(self) -> str:
+        return f"{self.records_written} records written, {self.shards_committed} shards committed"
 
     def summary_lines(self, ledger: Any) -> list[str]:
         shards = self.shards_done(ledger)
