@@ -446,7 +446,8 @@ class Bench:
         if any(r["killed"] for r in runs):  # a killed run's time is a lower bound
             tool += f" (KILLED at the {self.args.cap:.0f} s cap: bounds)"
             self.notes.append(f"{label}: {tool}: {sum(r['killed'] for r in runs)} of {len(runs)} runs killed "
-                              f"at the cap; its time is at least, its rate at most, the figure shown")
+                              f"at the cap; its time is at least, its rate at most, the figure shown (the CPU of a "
+                              "killed tree, whose workers were never waited for, is not meaningful)")
         self.rows.append([label, tool, f"{s:.2f} s", f"{n / s:,.0f}/s", f"{median([r['cpu'] for r in runs]):.1f} s",
                           f"{median([r['others'] for r in runs]):.2f}", vs, extra])
         return s
@@ -619,8 +620,13 @@ class Bench:
         one = max((v for s in sm for v in s[3].values()), default=0.0)
         flat = wend <= 1.1 * w10
         label = f"4. memory: {n:,}-line txt, CLI, trivial function"
-        self.rows.append([label, "datamill map (CLI, 2 workers)", f"{res['seconds']:.1f} s",
-                          f"{n / res['seconds']:,.0f}/s", f"{res['cpu']:.1f} s", f"{res['others']:.2f}",
+        if res["killed"]:
+            self.notes.append(f"memory: KILLED at the {self.args.cap:.0f} s cap before its {n:,} lines were "
+                              "done: its rate is at most the figure shown, its memory figures cover the "
+                              "time it ran, and its CPU (rusage of a killed tree) is not meaningful")
+        self.rows.append([label, "datamill map (CLI, 2 workers)" + (" (KILLED at the cap)" if res["killed"] else ""),
+                          f"{res['seconds']:.1f} s", f"{'<= ' if res['killed'] else ''}{n / res['seconds']:,.0f}/s",
+                          f"{res['cpu']:.1f} s", f"{res['others']:.2f}",
                           f"driver peak {driver_peak:,.0f} MB",
                           f"workers (sum of {nk} processes) {w10:,.0f} MB at 10% of their span ({at10[0]:.0f} s) -> "
                           f"{wend:,.0f} MB at its end ({t1:.0f} s), "
