@@ -55,6 +55,7 @@ LOCK_TIMEOUT = 5.0  # seconds: the queues' lock is held for microseconds; longer
 _MAGIC = int.from_bytes(b"dmring01", "little")  # marks an initialised ring segment
 _PAGE = 4096
 _SEM_BYTES = 64  # room for one sem_t (32 bytes with glibc)
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+: map every page of a range now, not at first touch
 _WAKE = 64  # posts that close() makes on each semaphore to wake its waiters at once
 # int64 fields of the header, after the three semaphores
 (MAGIC, SLOTS, SLOT_BYTES, META_BYTES, DROP_OLDEST, CLOSED, DROPPED,
@@ -186,6 +187,18 @@ class Ring:
         base = np.frombuffer(self._buf, np.uint8, count=1).ctypes.data
         self._lock, self._free, self._used = (_Sem(base + i * _SEM_BYTES) for i in range(3))
         self._drop_oldest = bool(self._h[DROP_OLDEST])
+        self._mapped_in: int | None = None  # the process whose page tables map every page
+        self._map_all()
+
+    def _map_all(self) -> None:
+        """Map every page of the segment into this process's page tables now: else each
+        first touch of a 4 KiB page costs a page fault, in each process (a child forked
+        with the ring inherits none of its parent's), and a large slot costs tens of
+        thousands of them on its first trip.  Done when the ring is created or attached,
+        and in a child that inherited it through fork, on its first `reserve()` or `get()`."""
+        self._mapped_in = os.getpid()
+        with contextlib.suppress(OSError, ValueError):  # older kernels: pages fault in on use
+            self._mm.madvise(_MADV_POPULATE_WRITE)
 
     @classmethod
     def create(cls, slot_bytes: int, slots: int, *, name: str = "ring",
@@ -256,6 +269,8 @@ class Ring:
         """A free slot to write.  While the ring is full this waits (backpressure), or,
         with `drop_oldest`, takes back the oldest committed slot no consumer has got.
         None when `timeout` seconds pass, the ring is closed or its owner died."""
+        if self._mapped_in != os.getpid():
+            self._map_all()
         deadline = _deadline(timeout)
         while not self.closed:
             if self._free.try_acquire():
@@ -302,6 +317,8 @@ class Ring:
     def get(self, timeout: float | None = None) -> "ReadSlot | None":
         """The next committed slot, in commit order.  None when `timeout` seconds pass, or
         when the ring is closed and no committed slot is left (or a producer's owner died)."""
+        if self._mapped_in != os.getpid():
+            self._map_all()
         if self._wait(self._used, _deadline(timeout)) or self.closed:
             with self._locked():
                 index = self._pop(self._committed, COMMITTED_TAIL)
