@@ -272,13 +272,28 @@ def _row_sizes(spec: dict[str, Any], column: pa.ChunkedArray) -> np.ndarray:
     return valid * (int(np.prod(spec["shape"])) * itemsize)
 
 
+def writer_options(schema: Schema) -> dict[str, Any]:
+    """How each column is written, by what it holds: text, bytes and numbers are dictionary
+    encoded and zstd compressed; arrays are not dictionary encoded (millions of values: the
+    dictionary costs a pass and is abandoned), and arrays of floats are stored uncompressed
+    (their bits do not compress, and zstd would halve the write speed of large records);
+    integer and bool arrays (token ids, masks, images) are compressed."""
+    arrays = [n for n, spec in schema.fields.items() if spec["kind"] in ("list", "array", "ragged")]
+    floats = {n for n in arrays if schema.fields[n]["kind"] != "ragged"
+              and np.dtype(schema.fields[n]["dtype"]).kind in "fc"}
+    compression = {"__key__": "zstd"}
+    compression.update({n: "none" if n in floats else "zstd" for n in schema.fields})
+    return {"compression": compression,
+            "use_dictionary": ["__key__"] + [n for n in schema.fields if n not in arrays]}
+
+
 class ParquetEncoder:
     """Buffers rows and writes them to `file` as row groups (see the module's docstring)."""
 
     def __init__(self, file: BinaryIO, schema: Schema):
         self.schema = schema
         self.arrow = arrow_schema(schema)
-        self._writer = pq.ParquetWriter(file, self.arrow, compression="zstd")
+        self._writer = pq.ParquetWriter(file, self.arrow, **writer_options(schema))
         self._tables: list[pa.Table] = []  # rows taken as Arrow slices (merges), in order
         self._keys: list[str] = []         # then rows added one by one
         self._columns: list[list[Any]] = [[] for _ in schema.fields]

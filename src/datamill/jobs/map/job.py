@@ -43,7 +43,7 @@ class MapJob(TreeJob):
     unit = "item"
     kind = "files"
     batch_size = None  # batches sized by the measured time per item...
-    task_seconds = 5.0  # ...so that a task is a few seconds, and at most one shard's items
+    task_seconds = 0.5  # ...so that a task is half a second (a short tail), at most a shard
     # the manifest has a row per item (key, source, status, reason); its records are in the
     # shards under the keys <item key>_<n>
 

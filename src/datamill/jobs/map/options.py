@@ -27,7 +27,7 @@ class MapOptions(Options):
     shard_size: int = option(10_000, "Records per shard (every shard but the last).", min=1)
     shard_bytes: int | None = option(
         None, "Also end a shard at the first record that brings it to this size (256MB, 1GiB).",
-        parse=parse_bytes, min=1)
+        parse=parse_bytes, min=1, metavar="SIZE")
     ordered: bool = option(False, "Records in input order; the same shards, byte for byte, for "
                            "any worker count and after any resume.")
     ragged: tuple[str, ...] = option(
