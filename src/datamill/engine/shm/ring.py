@@ -404,12 +404,14 @@ class Ring:
             shape = (self.slot_bytes // dtype.itemsize,)
         elif isinstance(shape, int):
             shape = (shape,)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > self.slot_bytes:
-            raise RingError(f"a view of {nbytes:,} bytes ({dtype}, {tuple(shape)}) does not fit "
-                            f"a slot of {self.slot_bytes:,} bytes")
-        return np.ndarray(shape, dtype, buffer=self._ro if readonly else self._buf,
-                          offset=self._layout.data + index * self._layout.stride)
+        count = math.prod(shape)
+        if count * dtype.itemsize > self.slot_bytes:
+            raise RingError(f"a view of {count * dtype.itemsize:,} bytes ({dtype}, "
+                            f"{tuple(shape)}) does not fit a slot of {self.slot_bytes:,} bytes")
+        # frombuffer keeps the read-only memoryview as the array's base, so that its
+        # writeable flag cannot be set back to True (np.ndarray(buffer=...) would not).
+        return np.frombuffer(self._ro if readonly else self._buf, dtype, count,
+                             self._layout.data + index * self._layout.stride).reshape(shape)
 
 
 class Slot:
