@@ -33,8 +33,6 @@ times out: watching the producer processes is the caller's part.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import math
 import os
 import pickle
@@ -47,6 +45,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..executors.local import _PR_SET_PDEATHSIG, WATCH_INTERVAL, _prctl
+from .semaphore import Semaphore
 from .segments import (RingError, check_room, create_segment, open_segment, owner_alive,
                        process_start, remove_orphans, remove_segment)
 
@@ -61,47 +60,6 @@ _WAKE = 64  # posts that close() makes on each semaphore to wake its waiters at 
 (MAGIC, SLOTS, SLOT_BYTES, META_BYTES, DROP_OLDEST, CLOSED, DROPPED,
  COMMITTED_HEAD, COMMITTED_TAIL, FREE_HEAD, FREE_TAIL) = range(11)
 _FIELDS = 16
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-@functools.lru_cache(maxsize=None)
-def _libc() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for name in ("sem_init", "sem_post", "sem_trywait", "sem_timedwait"):
-        getattr(libc, name).restype = ctypes.c_int
-    libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
-    libc.sem_post.argtypes = libc.sem_trywait.argtypes = [ctypes.c_void_p]
-    libc.sem_timedwait.argtypes = [ctypes.c_void_p, ctypes.POINTER(_Timespec)]
-    return libc
-
-
-class _Sem:
-    """A process-shared POSIX semaphore at a fixed address in the segment: no file, no
-    tracker process, and every process that maps the segment can use it."""
-
-    __slots__ = ("_addr",)
-
-    def __init__(self, addr: int):
-        self._addr = ctypes.c_void_p(addr)
-
-    def init(self, value: int) -> None:
-        if _libc().sem_init(self._addr, 1, value) != 0:
-            raise OSError(ctypes.get_errno(), "sem_init failed")
-
-    def post(self) -> None:
-        _libc().sem_post(self._addr)
-
-    def try_acquire(self) -> bool:
-        return _libc().sem_trywait(self._addr) == 0
-
-    def acquire(self, seconds: float) -> bool:
-        """Wait at most `seconds`; False on timeout or when a signal interrupts the wait
-        (its Python handler runs when this returns: Ctrl-C raises in the caller)."""
-        t = time.time() + seconds
-        return _libc().sem_timedwait(self._addr, _Timespec(int(t), int(t % 1 * 1e9))) == 0
 
 
 @dataclass(frozen=True)
@@ -185,7 +143,7 @@ class Ring:
         self._free_q = np.ndarray(handle.slots, np.int32, buffer=self._buf,
                                   offset=layout.queues + 4 * handle.slots)
         base = np.frombuffer(self._buf, np.uint8, count=1).ctypes.data
-        self._lock, self._free, self._used = (_Sem(base + i * _SEM_BYTES) for i in range(3))
+        self._lock, self._free, self._used = (Semaphore(base + i * _SEM_BYTES) for i in range(3))
         self._drop_oldest = bool(self._h[DROP_OLDEST])
         self._mapped_in: int | None = None  # the process whose page tables map every page
         self._map_all()
@@ -357,7 +315,7 @@ class Ring:
                 f"{', drop_oldest' if self._drop_oldest else ''}{', closed' if self.closed else ''})")
 
     # -- internals --------------------------------------------------------------------
-    def _wait(self, sem: _Sem, deadline: float | None) -> bool:
+    def _wait(self, sem: Semaphore, deadline: float | None) -> bool:
         """Acquire `sem` by `deadline` (None: no limit); False if the deadline passes, the
         ring is closed or (seen from another process) its owner died."""
         if sem.try_acquire():
