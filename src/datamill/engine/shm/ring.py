@@ -7,7 +7,9 @@ or use the `Ring` they inherited through fork (a `Ring` pickles as its handle). 
 slot's bytes: the data is written once, in place) and `commit()`s it with a small `meta`
 dict; the consumer `get()`s committed slots in commit order as read-only views over the
 same memory, and `release()`s each one back to the producers.  Any number of producers and
-consumers may share a ring; slots are handed out in commit order.
+consumers may share a ring; slots are handed out in commit order (`close()` ends the ring
+for all of them: with several producers, call it when the last one is done).  Linux: the
+segment is a file in /dev/shm, and owners are recognised through /proc.
 
 Everything lives in the segment: a header of counters, two queues of slot indices (free
 slots; committed slots in commit order), a small area per slot for its pickled `meta`, the
