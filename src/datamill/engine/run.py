@@ -292,6 +292,8 @@ class _Run:
         self.found_top = 0
         self.input_error: str | None = None  # reading the input failed part-way
         self.last_task: int | None = None
+        self.total: int | None = None  # the input's items, once counted
+        self.read = 0  # items read from the input so far
         # top-level key -> [items that followed from it still to run, worst status, its
         # first failure class]
         self.open: dict[str, list] = {}
@@ -319,6 +321,7 @@ class _Run:
                                     else f"reading the input {name} failed: {exc}")
                 return
             self.interrupts.check()
+            self.read += len(chunk)
             for it in self._fresh(chunk):
                 if it.error is not None:
                     self.item_errors.append(it)
@@ -511,7 +514,7 @@ class _Run:
         self.progress = Progress(f"datamill {self.job.name}", total=None, quiet=self.opts.quiet,
                                  interval=self.opts.progress_interval, unit=self.job.unit)
         self.progress.note = self.job.progress_note
-        if self.opts.limit is None and not self.opts.quiet:
+        if self.opts.limit is None:  # the total gives the ETA and sizes the last tasks
             threading.Thread(target=self._count, name="datamill-count", daemon=True).start()
         self.job.cores_per_worker = executor.cores_per_worker()
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
@@ -521,6 +524,7 @@ class _Run:
                                task_seconds=self.job.task_seconds,
                                max_batch=self.job.max_batch, on_idle=self._at_end,
                                align=self.job.align if self.job.aligned else None,
+                               unread=self._unread,
                                first_task_id=self.ledger.next_task_id,
                                on_start=lambda: self._check_nodes(executor),
                                on_poll=self._on_poll, on_submit=self._on_submit,
@@ -574,6 +578,10 @@ class _Run:
             yield Result(it.key, it.payload, failed(cls, msg, type_="InputError"), attempts=0)
         self.item_errors.clear()
 
+    def _unread(self) -> int | None:
+        """Items of the input not read yet, once the count beside the run is known."""
+        return None if self.total is None else max(0, self.total - self.read)
+
     def _count(self) -> None:
         """Count the input beside the run (a list's lines, a tree walked ahead) for the ETA."""
         try:
@@ -581,6 +589,7 @@ class _Run:
         except Exception:  # noqa: BLE001 - no total is only no ETA
             return
         if total is not None and self.progress is not None:
+            self.total = total
             self.progress.set_total(total)
 
     def _on_poll(self) -> None:

@@ -85,7 +85,8 @@ class Scheduler:
                  on_submit: Callable[[int, list[WorkItem]], None] | None = None,
                  on_task_end: Callable[[int, bool], None] | None = None,
                  on_idle: Callable[[], bool] | None = None,
-                 align: Callable[[Any], int] | None = None):
+                 align: Callable[[Any], int] | None = None,
+                 unread: Callable[[], int | None] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -108,6 +109,9 @@ class Scheduler:
         # align(payload): how many items from this one to the next task boundary the job
         # wants (map's ordered shards); a task that starts there ends at the boundary
         self._align = align
+        # unread(): how many items the source has still to give, when known: batched tasks
+        # near the end are cut so that every worker gets a share of the tail
+        self._unread = unread
         self._exhausted = False
         self._started = False
         self._draining = False
@@ -173,6 +177,10 @@ class Scheduler:
         if self._exact:
             return self._exact.popleft()
         size = self._batch
+        if self._unread is not None and not self._fixed_batch:
+            left = self._unread()
+            if left is not None:
+                size = max(1, min(size, -(-(left + len(self._queued)) // (2 * self.executor.workers))))
         task: list[WorkItem] = []
         while self._queued and len(task) < size:
             task.append(self._queued.popleft())
