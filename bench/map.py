@@ -154,9 +154,10 @@ def child(kind: str, spec: dict) -> None:
         ds = datasets.Dataset.from_dict({"i": range(n)}).map(hf_small, num_proc=WORKERS)
         dst.mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(dst / "data.parquet"))
-    elif kind == "datamill-large":
+    elif kind.startswith("datamill-large"):
         import datamill
-        rep = datamill.map(large_record, range(n), dst, format="parquet", shard_size=LARGE_SHARD,
+        fmt = kind.split(":")[1] if ":" in kind else "parquet"
+        rep = datamill.map(large_record, range(n), dst, format=fmt, shard_size=LARGE_SHARD,
                            workers=WORKERS, quiet=True)
         os.sync()
         out = {"exit": rep.exit_code, "counts": dict(rep.counts)}
@@ -517,16 +518,19 @@ class Bench:
 
     def large(self) -> None:
         n, rounds, mib = self.args.large_items, self.args.rounds, self.args.disk_mib
-        tools = (["datamill"] if self.dm else []) + ["litdata"]
+        fmts = self.args.large_formats.split(",")
+        tools = ([f"datamill:{f}" for f in fmts] if self.dm else []) + ["litdata"]
         runs: dict[str, list[dict]] = {t: [] for t in tools}
         disks = []
         for r in range(rounds):
             disks.append(self.disk(mib))
             for tool in tools[:: 1 if r % 2 == 0 else -1]:
                 py = LITDATA_PY if tool == "litdata" else PY
-                dst = DATA / f"large-{tool}"
-                runs[tool].append(self.measure(f"large-{tool}-{r}", child_argv(py, f"{tool}-large", n=n, dst=str(dst)),
-                                               dst, tool, n))
+                name = tool.replace(":", "-")
+                kind = "litdata-large" if tool == "litdata" else f"datamill-large:{tool.split(':')[1]}"
+                dst = DATA / f"large-{name}"
+                runs[tool].append(self.measure(f"large-{name}-{r}", child_argv(py, kind, n=n, dst=str(dst)),
+                                               dst, tool.split(":")[0], n))
         disk = median([d["mbs"] for d in disks])
         label = f"2. large records: {n:,} x 1 MiB -> {LARGE_SHARD} MiB shards, to fsync"
 
@@ -543,16 +547,17 @@ class Bench:
         self.rows.append([label, f"disk: dd 8 MiB blocks, {mib:,} MiB, conv=fsync",
                           f"{median([d['seconds'] for d in disks]):.2f} s", f"{disk:,.0f} MB/s", "",
                           f"{median([d['others'] for d in disks]):.2f}", "", ""])
-        if self.dm:
-            vs = [b["seconds"] / a["seconds"] for a, b in zip(runs["datamill"], runs["litdata"])]
-            of_disk = mbs(runs["datamill"])[0] / disk
-            self.add(label, "datamill.map parquet (2 workers)", runs["datamill"], n,
-                     f"{ratio(median(vs))} litdata", describe(runs["datamill"]))
-            self.targets.append(["large: datamill >= 1x litdata", ratio(median(vs)),
+        for tool in (tools[:-1] if self.dm else []):
+            fmt = tool.split(":")[1]
+            vs = [b["seconds"] / a["seconds"] for a, b in zip(runs[tool], runs["litdata"])]
+            of_disk = mbs(runs[tool])[0] / disk
+            self.add(label, f"datamill.map {fmt} (2 workers)", runs[tool], n,
+                     f"{ratio(median(vs))} litdata", describe(runs[tool]))
+            self.targets.append([f"large ({fmt}): datamill >= 1x litdata", ratio(median(vs)),
                                  "met" if median(vs) >= 1 else "NOT met"])
-            self.targets.append(["large: datamill >= 50% of the disk's speed (arrays' MB/s over dd's)",
+            self.targets.append([f"large ({fmt}): datamill >= 50% of the disk's speed (arrays' MB/s over dd's)",
                                  f"{of_disk:.0%}", "met" if of_disk >= 0.5 else "NOT met"])
-            self.notes.append("large, each round (datamill's speed over litdata's; dd MB/s): " + ", ".join(
+            self.notes.append(f"large {fmt}, each round (datamill's speed over litdata's; dd MB/s): " + ", ".join(
                 f"{v:.2f}x ({d['mbs']:,.0f})" for v, d in zip(vs, disks)))
         self.add(label, "litdata.optimize chunk_size=128 (2 workers)", runs["litdata"], n, "",
                  describe(runs["litdata"]))
@@ -649,6 +654,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, help="small and ordered workloads (default 1,000,000; quick 50,000)")
     ap.add_argument("--ordered-items", type=int, help="ordered workload (default: --items)")
     ap.add_argument("--large-items", type=int, help="1 MiB items (default 10,000; quick 600)")
+    ap.add_argument("--large-formats", default="webdataset,parquet",
+                    help="datamill's formats in the large workload (comma-separated)")
     ap.add_argument("--disk-mib", type=int, help="MiB written by dd (default 4096; quick 512)")
     ap.add_argument("--seed-items", type=int, help="seed workload items (default 2,000; quick 400)")
     ap.add_argument("--mem-lines", type=int, help="memory workload lines (default 10,000,000; quick 500,000)")
