@@ -1,0 +1,176 @@
+"""`datamill.streams`: time-aligned windows from several sources through shared memory; every
+ending leaves nothing in /dev/shm and no decoder alive."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import datamill
+from datamill.engine.shm import RingError
+from datamill.errors import UsageError
+from datamill.testing.files import make_corrupt_file
+from datamill.testing.videos import make_video
+
+SIZE = (96, 64)
+
+
+def segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("datamill-")}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    make_video(d / "a25.mp4", frames=100, size=(160, 120), fps=25)   # 4.0 s
+    make_video(d / "b30.mp4", frames=90, size=(160, 120), fps=30)    # 3.0 s
+    make_video(d / "c25.mp4", frames=50, size=(160, 120), fps=25)    # 2.0 s
+    make_video(d / "vfr.mp4", frames=60, size=(160, 120), fps=25, vfr=True)
+    make_corrupt_file(d / "corrupt.mp4")
+    (d / "audio.txt").write_text("not a video at all\n")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def no_segment_left():
+    before = segments()
+    yield
+    deadline = time.monotonic() + 5
+    while segments() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not segments() - before
+
+
+def run(sources, **kw):
+    out = []
+    with datamill.streams([str(s) for s in sources], size=SIZE, **kw) as stream:
+        for b in stream:
+            assert not b.frames.flags.writeable
+            out.append((b.window, b.start, b.mask.copy(), b.pts.copy(), b.frames.copy(),
+                        [dict(s) for s in b.stats]))
+    return out
+
+
+def test_two_rates_resampled_to_one_aligned_by_timestamp(videos):
+    out = run([videos / "a25.mp4", videos / "b30.mp4"], fps=25)
+    assert [w for w, *_ in out] == [0, 1, 2, 3]
+    assert [s for _, s, *_ in out] == [0.0, 1.0, 2.0, 3.0]
+    for w, _, mask, pts, frames, _ in out:
+        assert frames.shape == (2, 25, SIZE[1], SIZE[0], 3) and mask.shape == pts.shape == (2, 25)
+        assert mask[0].all()
+        target = w + np.arange(25) / 25
+        assert np.allclose(pts[0], target, atol=1e-6)
+        if w < 3:  # the 30 fps source: the nearest of its frames, never more than 1/60 s away
+            assert mask[1].all() and np.abs(pts[1] - target).max() <= 1 / 60 + 1e-6
+        else:  # it is 3 s long: its fourth window is missing, repeated from its last frame
+            assert not mask[1].any() and np.isnan(pts[1]).all()
+            assert (frames[1] == out[2][4][1][-1]).all()
+    stats = out[-1][5]
+    assert stats[0]["decoded"] == 100 and stats[0]["dropped"] == 0
+    assert stats[1]["decoded"] == 90 and stats[1]["dropped"] == 15  # 90 frames for 75 targets
+
+
+def test_until_first_ends_with_the_shortest_source(videos):
+    out = run([videos / "a25.mp4", videos / "c25.mp4"], until="first")
+    assert [w for w, *_ in out] == [0, 1]
+
+
+def test_black_fills_missing_frames_and_drop_drops_the_window(videos):
+    black = run([videos / "a25.mp4", videos / "c25.mp4"], on_missing="black")
+    assert len(black) == 4 and not black[3][2][1].any() and (black[3][4][1] == 0).all()
+    dropped = run([videos / "a25.mp4", videos / "c25.mp4"], on_missing="drop")
+    assert [w for w, *_ in dropped] == [0, 1]
+
+
+def test_variable_frame_rate(videos):
+    out = run([videos / "vfr.mp4"], fps=25)
+    assert out and all(np.isfinite(p[0][m[0]]).all() for _, _, m, p, _, _ in out)
+    pts = np.concatenate([p[0][m[0]] for _, _, m, p, _, _ in out])
+    assert (np.diff(pts) >= 0).all()
+
+
+def test_rates_that_differ_need_fps_and_a_whole_number_of_frames(videos):
+    with pytest.raises(UsageError, match="give fps="):
+        datamill.streams([str(videos / "a25.mp4"), str(videos / "b30.mp4")])
+    with pytest.raises(UsageError, match="whole number"):
+        datamill.streams([str(videos / "a25.mp4")], fps=25, window=0.1)
+    with pytest.raises(UsageError, match="on_missing"):
+        datamill.streams([str(videos / "a25.mp4")], on_missing="guess")
+
+
+@pytest.mark.parametrize("bad", ["corrupt.mp4", "audio.txt"])
+def test_a_source_that_cannot_be_read_fails_alone(videos, bad):
+    out = run([videos / "a25.mp4", videos / bad], fps=25)
+    assert len(out) == 4 and all(m[0].all() and not m[1].any() for _, _, m, *_ in out)
+    failed = out[-1][5][1]["failed"]
+    assert failed and ("cannot" in failed or "no video" in failed)
+
+
+def test_a_batch_used_after_its_release_raises_naming_copy(videos):
+    with datamill.streams([str(videos / "c25.mp4")], size=SIZE) as stream:
+        it = iter(stream)
+        first = next(it)
+        kept = first.copy()
+        frames = first.frames
+        with pytest.raises(ValueError):
+            frames[0, 0, 0, 0] = 1  # read-only
+        next(it)
+        with pytest.raises(RingError, match=r"copy\(\)"):
+            first.frames
+    assert kept["frames"].shape == (1, 25, SIZE[1], SIZE[0], 3) and kept["window"] == 0
+
+
+def test_a_consumer_that_raises_leaves_no_segment_and_no_decoder(videos):
+    with pytest.raises(RuntimeError, match="consumer"):
+        with datamill.streams([str(videos / "a25.mp4"), str(videos / "b30.mp4")], fps=25,
+                              size=SIZE) as stream:
+            procs = [st.process for st in stream.states]
+            for b in stream:
+                raise RuntimeError("the consumer broke")
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_a_decoder_killed_marks_its_source_failed_and_the_stream_goes_on(videos):
+    got = []
+    with datamill.streams([str(videos / "a25.mp4"), str(videos / "b30.mp4")], fps=25,
+                          size=SIZE, ring_windows=2, stall_timeout=1.0) as stream:
+        for b in stream:
+            if b.window == 0:
+                os.kill(stream.states[1].process.pid, signal.SIGKILL)
+            got.append((b.window, b.mask[0].all(), b.stats[1]["failed"]))
+    assert [w for w, *_ in got] == [0, 1, 2, 3] and all(ok for _, ok, _ in got)
+    assert got[-1][2] and "died" in got[-1][2]
+
+
+def test_a_slow_consumer_in_real_time_loses_the_oldest_windows(videos):
+    t0 = time.monotonic()
+    windows = []
+    with datamill.streams([str(videos / "a25.mp4")], size=SIZE, realtime=True,
+                          ring_windows=2) as stream:
+        for b in stream:
+            windows.append(b.window)
+            time.sleep(2.5)  # slower than real time
+        stats = b.stats[0]
+    assert time.monotonic() - t0 < 15
+    assert len(windows) < 4 and windows == sorted(windows)
+    assert stats["windows_dropped"] >= 1
+
+
+def test_sigkill_of_the_consumer_leaves_nothing_after_the_next_start(videos, tmp_path):
+    code = (f"import datamill, os, signal\n"
+            f"with datamill.streams([{str(videos / 'a25.mp4')!r}], size={SIZE!r}) as s:\n"
+            f"    next(iter(s))\n"
+            f"    print('ready', flush=True)\n"
+            f"    os.kill(os.getpid(), signal.SIGKILL)\n")
+    before = segments()
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL and "ready" in p.stdout
+    assert segments() - before  # the killed consumer's segments are still there...
+    out = run([videos / "c25.mp4"])  # ...until the next start removes them
+    assert len(out) == 2
