@@ -174,3 +174,27 @@ def test_sigkill_of_the_consumer_leaves_nothing_after_the_next_start(videos, tmp
     assert segments() - before  # the killed consumer's segments are still there...
     out = run([videos / "c25.mp4"])  # ...until the next start removes them
     assert len(out) == 2
+
+
+def test_the_cli_writes_one_folder_per_window_and_resumes(videos, tmp_path):
+    dst = tmp_path / "out"
+    args = [sys.executable, "-m", "datamill", "streams", str(videos / "a25.mp4"),
+            str(videos / "b30.mp4"), str(dst), "--fps", "25", "--size", "96x64"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "b30: decoded 90, dropped 15" in p.stdout and "missing 25" in p.stdout
+    windows = sorted(d.name for d in dst.iterdir() if d.name[0].isdigit())
+    assert windows == ["000000", "000001", "000002", "000003"]
+    frames = np.load(dst / "000001" / "b30.npy")
+    mask = np.load(dst / "000003" / "mask.npy")
+    assert frames.shape == (25, 64, 96, 3) and mask.shape == (2, 25) and not mask[1].any()
+    import pyarrow.parquet as pq
+    rows = pq.read_table(dst / "manifest.parquet").to_pylist()
+    assert [r["real"] for r in rows] == [50, 50, 50, 25]
+    assert rows[3]["missing_sources"] == "b30"
+    before = {w: (dst / w / "a25.npy").stat().st_mtime_ns for w in windows}
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "4 already done" in p.stdout
+    assert {w: (dst / w / "a25.npy").stat().st_mtime_ns for w in windows} == before
+    p = subprocess.run(args + ["--executor", "ray"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "runs only with serial" in p.stderr

@@ -9,10 +9,10 @@ _PUBLIC = {
     "Filtered": ".errors", "ItemError": ".errors", "UsageError": ".errors",
     "RunOptions": ".engine.run", "RunReport": ".engine.run",
     "clips": ".jobs.clips", "dedup": ".jobs.dedup", "download": ".jobs.download",
-    "map": ".jobs.map", "read_shards": ".io.records", "streams": ".jobs.streams",
+    "map": ".jobs.map", "read_shards": ".io.records", "streams": ".jobs.streams", "write_streams": ".jobs.streams",
 }
 
-__all__ = ["pmap", "clips", "download", "dedup", "map", "read_shards", "streams", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
+__all__ = ["pmap", "clips", "download", "dedup", "map", "read_shards", "streams", "write_streams", "Result", "RunOptions", "RunReport", "Filtered", "ItemError",
            "UsageError", "__version__"]
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .jobs.dedup import dedup
     from .jobs.download import download
     from .jobs.map import map
-    from .jobs.streams import streams
+    from .jobs.streams import streams, write_streams
     from .io.records import read_shards
     __version__: str
 

@@ -23,6 +23,7 @@ JOB_COMMANDS = {
                 "into DST.",
     "dedup": "Find exact and near-duplicate images under SRC: groups, report and survivors in DST.",
     "map": "Run a function (--fn FILE.py:NAME) over the items of SRC into shards in DST.",
+    "streams": "Write the time-aligned windows of several videos (SRC...) into DST.",
 }
 
 

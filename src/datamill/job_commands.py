@@ -1,4 +1,4 @@
-"""The job commands (clips, download, dedup, map), derived from their options' declarations.
+"""The job commands (clips, download, dedup, map, streams), derived from their options' declarations.
 
 Loaded only when one of them is asked for (cli.py's group is lazy), since the job modules
 import PyAV, PyArrow and aiohttp: `datamill --help` and `datamill status` start without them.
@@ -18,6 +18,7 @@ from .jobs.clips import ClipOptions, ClipsJob
 from .jobs.dedup import DedupJob, DedupOptions
 from .jobs.download import DownloadJob, DownloadOptions
 from .jobs.map import MapJob, MapOptions
+from .jobs.streams.write import StreamsJob, StreamsOptions
 from .options import click_params, from_cli, split_flat
 
 
@@ -105,3 +106,30 @@ def map_(src: str, dst: str, **kw: Any) -> None:
     --shard-size records (all but the last) and are numbered 00000, 00001, ... whatever the
     worker count; DST/index.json lists them; `datamill.read_shards(DST)` reads them back.
     """
+
+
+def _streams_command() -> click.Command:
+    """`datamill streams SRC... DST`: several sources, then DST (job_command takes one SRC)."""
+    params = click_params(StreamsOptions)
+    taken = {p.opts[0] for p in params}
+    params += click_params(RunOptions, exclude=taken)
+
+    def command(paths: tuple[str, ...], **kw: Any) -> None:
+        """Write the time-aligned windows of several videos (SRC...) into DST: one folder
+        per window with <source>.npy (frames, WxH RGB), mask.npy and pts.npy.
+
+        Every source is decoded in its own process and resampled to --fps by timestamp
+        (nearest frame); a frame no source frame is near is missing (--on-missing).  A rerun
+        writes only the windows not written yet.  `datamill.streams(...)` in Python gives
+        the same windows live, as arrays in shared memory.
+        """
+        if len(paths) < 2:
+            raise click.UsageError("give one or more sources, then DST")
+        execute(lambda: _build(StreamsOptions, lambda src, dst, opts: StreamsJob(src, dst, opts),
+                               list(paths[:-1]), paths[-1], kw))
+    return click.Command("streams", callback=command, help=command.__doc__,
+                         params=[click.Argument(["paths"], nargs=-1, metavar="SRC... DST")]
+                         + params)
+
+
+streams = _streams_command()

@@ -56,6 +56,7 @@ class Job(ABC):
     # item that is redone (its source changed) replaces them; False for shards of many items.
     outputs_per_item = False
     run_id = 0  # set by the engine before `prepare`: the ledger's id of this run
+    executors: tuple[str, ...] | None = None  # the executors the job can run on (first: default)
     dry_run = False  # set by the engine: a dry run writes nothing, not even the state folder
 
     def __init__(self, src: str | os.PathLike, dst: str | os.PathLike | Dst):

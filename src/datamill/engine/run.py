@@ -8,6 +8,7 @@ collects what finishes within a few seconds, removes what did not, saves, exits 
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import itertools
@@ -115,6 +116,12 @@ class RunReport:
 def run_job(job: Job, opts: RunOptions | None = None) -> RunReport:
     """Run `job` to completion (or to a stop); raises UsageError for a bad request."""
     opts = opts or RunOptions()
+    if job.executors and opts.executor not in job.executors:
+        if opts.executor != "local":  # not the default: the user asked for it
+            raise UsageError(f"--executor {opts.executor}: the {job.name} job runs only with "
+                             f"{' or '.join(job.executors)} (its inputs share this machine's "
+                             "memory)")
+        opts = dataclasses.replace(opts, executor=job.executors[0])
     job.state_dir = state_dir_for(job.dst, opts.state_dir)
     if opts.dry_run:
         job.dry_run = True

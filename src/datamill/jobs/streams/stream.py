@@ -36,6 +36,8 @@ class SourceState:
     ended: bool = False
     error: str | None = None
     last: np.ndarray | None = None  # the last real frame (on_missing="repeat")
+    absent: int = 0  # frames of windows the source gave no slot for (ended, stalled, failed)
+    decoder_missing: int = 0
     stats: dict = field(default_factory=lambda: {
         "decoded": 0, "dropped": 0, "duplicated": 0, "missing": 0, "late": 0, "stalled": 0,
         "windows_dropped": 0, "failed": None})
@@ -224,9 +226,11 @@ class Stream:
             return slot
 
     def _merge_stats(self, st: SourceState, decoder: dict) -> None:
-        for k in ("decoded", "dropped", "duplicated", "missing"):
+        for k in ("decoded", "dropped", "duplicated"):
             if k in decoder:
                 st.stats[k] = decoder[k]
+        st.decoder_missing = decoder.get("missing", st.decoder_missing)
+        st.stats["missing"] = st.decoder_missing + st.absent
 
     def _assemble(self, w: int, parts: list[ReadSlot | None]) -> Batch | None:
         n, lay = len(self.states), self.layout
@@ -239,6 +243,8 @@ class Stream:
                 mask[s] = False
                 pts[s] = math.nan
                 frames[s] = 0
+                st.absent += lay.frames
+                st.stats["missing"] = st.decoder_missing + st.absent
             else:
                 f, m, p = lay.arrays(part.view(np.uint8))
                 np.copyto(frames[s], f)
