@@ -5,14 +5,16 @@ stops a run.  Every exception class of datamill, in one tree:
     ├── Filtered                  an item removed on purpose (too small, duplicate): not a failure
     ├── ItemError                 an item failed, with a short stable class (decode_error, ...)
     │   ├── ImageError            media/image.py: not_image, too_large, decode_error, ...
-    │   └── VideoError            media/video/errors.py: unreadable, no_video_stream, ...
+    │   ├── VideoError            media/video/errors.py: unreadable, no_video_stream, ...
+    │   └── RecordError           io/records: a map record that cannot be stored (its field named)
     ├── UsageError                a bad request (missing SRC, a non-datamill DST): exit 2
     │   └── OptionError           options.py: a bad option value, naming its flag (also a ValueError)
     ├── SystemicFailure           the job cannot usefully go on (nearly all fail, disk full)
     ├── OutputTaken               a path a task would write is the user's
     ├── SourceError               io/sources.py: a list file that cannot be read to its end
     ├── TaskEncodingError         engine/executors/base.py: a payload that cannot be pickled
-    └── WorkerInitError           engine/executors/base.py: the per-worker initializer failed
+    ├── WorkerInitError           engine/executors/base.py: the per-worker initializer failed
+    └── RingError                 engine/shm: no room in /dev/shm, a slot used after release
 
 A worker's function raises `Filtered` to drop an item on purpose (not a failure) and an
 `ItemError` (or a subclass) to fail it with a short, stable error class such as
