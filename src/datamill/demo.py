@@ -1,4 +1,5 @@
-"""`datamill demo`: generate small media collections and run every job on them (clips,\ndownload, dedup, map)."""
+"""`datamill demo`: generate small media collections and run every job on them (clips,
+download, dedup, map, streams)."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,7 @@ from .jobs.clips import ClipOptions, ClipsJob
 from .jobs.dedup import DedupJob, DedupOptions
 from .jobs.download import DownloadJob, DownloadOptions
 from .jobs.map import MapJob, MapOptions
+from .jobs.streams.write import StreamsJob, StreamsOptions
 from .media.image import ImageOptions
 from .testing.files import make_corrupt_file
 from .testing.images import make_scene
@@ -128,5 +130,17 @@ def run_demo(folder: str | os.PathLike, workers: int | None = None, quiet: bool 
     map_ok = features.exit_code == 0 and features.counts["ok"] == 70
     echo(f"features: {folder / 'features'} (00000.parquet ..., index.json); read them back with "
          f"datamill.read_shards({str(folder / 'features')!r})")
+    cams = folder / "cameras"
+    for name, frames, fps in (("cam1.mp4", 100, 25), ("cam2.mp4", 90, 30)):
+        if not (cams / name).exists():
+            make_video(cams / name, frames=frames, size=(320, 240), fps=fps, gop=25)
+    echo("\n$ datamill streams cameras/cam1.mp4 cameras/cam2.mp4 windows --fps 25 --size 320x180"
+         "   (4 s at 25 fps and 3 s at 30 fps)")
+    windows = run_job(StreamsJob([cams / "cam1.mp4", cams / "cam2.mp4"], folder / "windows",
+                                 StreamsOptions(fps=25, size=(320, 180))), engine)
+    streams_ok = windows.exit_code == 0 and windows.counts["ok"] == 4
+    echo(f"windows: {folder / 'windows'} (000000/cam1.npy, cam2.npy, mask.npy, pts.npy ...); "
+         "datamill.streams([...]) gives the same windows live, in shared memory")
+
     echo(f"\ninspect any job folder with: datamill status {folder / 'clips'}")
-    return 0 if clips_ok and images_ok and dedup_ok and map_ok else 1
+    return 0 if clips_ok and images_ok and dedup_ok and map_ok and streams_ok else 1
