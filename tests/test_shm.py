@@ -388,3 +388,33 @@ def test_no_resource_tracker_warning_at_exit(tmp_path):
     out, err = child.stdout, child.stderr
     assert out.strip() == "ok" and child.returncode == 0
     assert "resource_tracker" not in err and "leaked" not in err and err == ""
+
+
+def _frame(i):
+    import numpy as np
+    if i == 3:
+        return np.full((1200, 1200, 3), i, np.uint8).repeat(2, axis=0)  # 8.6 MB: too large
+    return np.full((1080, 640, 3), i, np.uint8)  # 2 MB
+
+
+def test_pmap_returns_large_arrays_through_the_ring(monkeypatch):
+    import numpy as np
+    from datamill import pmap
+    from datamill.engine import pmap as pmap_module
+    taken = []
+    real_get = pmap_module.Ring.get
+
+    def counting_get(self, timeout=None):
+        slot = real_get(self, timeout)
+        taken.append(slot is not None)
+        return slot
+    monkeypatch.setattr(pmap_module.Ring, "get", counting_get)
+    before = {n for n in os.listdir("/dev/shm") if n.startswith("datamill-")}
+    got = {r.item: r.value for r in pmap(_frame, range(12), workers=2, shm_slot_bytes=4 << 20)}
+    assert sum(taken) >= 6  # most 2 MB frames came through the ring (a full ring pickles)
+    assert sorted(got) == list(range(12))
+    for i, v in got.items():
+        assert isinstance(v, np.ndarray) and v.flags.writeable and (v == i).all()
+        assert v.shape == ((2400, 1200, 3) if i == 3 else (1080, 640, 3))
+    after = {n for n in os.listdir("/dev/shm") if n.startswith("datamill-")}
+    assert after <= before
