@@ -32,7 +32,7 @@ def no_segment_left(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     before = segments()
     yield
-    assert segments() == before
+    assert not segments() - before  # (other processes' segments may come and go meanwhile)
 
 
 def wait_for(cond, seconds=5.0):
