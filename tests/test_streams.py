@@ -198,3 +198,43 @@ def test_the_cli_writes_one_folder_per_window_and_resumes(videos, tmp_path):
     assert {w: (dst / w / "a25.npy").stat().st_mtime_ns for w in windows} == before
     p = subprocess.run(args + ["--executor", "ray"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "runs only with serial" in p.stderr
+
+
+def test_ctrl_c_in_the_loop_leaves_no_segment_and_no_decoder(videos):
+    code = (f"import datamill, time\n"
+            f"with datamill.streams([{str(videos / 'a25.mp4')!r}, {str(videos / 'c25.mp4')!r}],"
+            f" size={SIZE!r}, realtime=True) as s:\n"
+            f"    for b in s:\n"
+            f"        print('window', b.window, flush=True)\n"
+            f"        time.sleep(30)\n")
+    before = segments()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: (signal.signal(signal.SIGINT, signal.SIG_DFL),
+                                                os.setpgrp()))
+    assert proc.stdout.readline().startswith("window 0")
+    decoders = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _parent(int(p.name)) == proc.pid]
+    assert len(decoders) == 2
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal sends it: to the whole group
+    proc.wait(timeout=30)
+    assert proc.returncode in (130, -signal.SIGINT, 1)
+    assert not segments() - before
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{d}").exists() and _state(d) != "Z" for d in decoders) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{d}").exists() and _state(d) != "Z" for d in decoders)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
