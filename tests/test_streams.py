@@ -238,3 +238,14 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "gone"
+
+
+def test_write_streams_in_mp4(videos, tmp_path):
+    import av
+    report = datamill.write_streams([videos / "a25.mp4", videos / "c25.mp4"], tmp_path / "out",
+                                    size="96x64", format="mp4", quiet=True)
+    assert report.exit_code == 0 and report.counts["ok"] == 4
+    with av.open(str(tmp_path / "out" / "000001" / "a25.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 25 and frames[0].shape == (64, 96, 3)
+    assert (tmp_path / "out" / "000003" / "mask.npy").exists()

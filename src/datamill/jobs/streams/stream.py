@@ -276,6 +276,20 @@ class Stream:
             frames[~mask] = 0
 
 
+def stream_rate(sources: Sequence[str], fps: float | None) -> float:
+    """`fps`, or the sources' common frame rate when it is None (UsageError when they
+    differ or do not say)."""
+    from ...media.video.stream import probe_rate
+    if fps is not None:
+        return float(fps)
+    rates = [probe_rate(s) for s in sources]
+    if None in rates or len(set(rates)) != 1:
+        shown = ", ".join(f"{s}: {r or 'unknown'}" for s, r in zip(sources, rates))
+        raise UsageError(f"streams: the sources' frame rates differ or are unknown ({shown}); "
+                         "give fps=")
+    return float(rates[0])
+
+
 def streams(sources: Sequence[str], *, window: float = 1.0, fps: float | None = None,
             size: tuple[int, int] = (640, 360), align: str = "pts", on_missing: str = "repeat",
             stall_timeout: float = 2.0, realtime: bool = False, until: str = "all",
@@ -300,7 +314,6 @@ def streams(sources: Sequence[str], *, window: float = 1.0, fps: float | None = 
     windows buffered per source.  `tolerance`: seconds between a target instant and the
     nearest source frame beyond which the frame is missing (default max(1/fps, 0.25)).
     """
-    from ...media.video.stream import probe_rate
     sources = [str(s) for s in sources]
     if not sources:
         raise UsageError("streams: give at least one source")
@@ -311,13 +324,7 @@ def streams(sources: Sequence[str], *, window: float = 1.0, fps: float | None = 
                          f"not {on_missing!r}")
     if until not in UNTIL:
         raise UsageError(f"streams: until must be one of {', '.join(UNTIL)}, not {until!r}")
-    if fps is None:
-        rates = {probe_rate(s) for s in sources}
-        if None in rates or len(rates) != 1:
-            shown = ", ".join(f"{s}: {probe_rate(s) or 'unknown'}" for s in sources)
-            raise UsageError(f"streams: the sources' frame rates differ or are unknown "
-                             f"({shown}); give fps=")
-        fps = float(rates.pop())
+    fps = stream_rate(sources, fps)
     frames = fps * window
     if frames < 1 or abs(frames - round(frames)) > 1e-6:
         raise UsageError(f"streams: fps * window must be a whole number of frames, not "

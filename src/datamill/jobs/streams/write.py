@@ -1,7 +1,8 @@
 """`datamill streams SRC... DST` / `datamill.write_streams`: the aligned windows of recorded
 multi-camera files written as a dataset, one sample per window.
 
-DST/000012/ holds `<source>.npy` (F, H, W, 3) uint8 for each source, `mask.npy` (S, F) bool
+DST/000012/ holds `<source>.npy` (F, H, W, 3) uint8 (or `<source>.mp4`, H.264, with
+`--format mp4`) for each source, `mask.npy` (S, F) bool
 and `pts.npy` (S, F) float64; a manifest row per window (start, frames, real frames, the
 sources without any).  Windows are the job's items, keyed by their index: a rerun decodes
 the sources again and writes only the windows not written yet.  Everything runs on this
@@ -24,7 +25,7 @@ from ...engine.run import RunOptions, RunReport, run_job
 from ...engine.task import TaskRunner, ok
 from ...errors import UsageError
 from ...options import OptionError, Options, option, split_flat
-from .stream import ALIGN, ON_MISSING, streams
+from .stream import ALIGN, ON_MISSING, stream_rate, streams
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -48,8 +49,9 @@ class StreamsOptions(Options):
                              "drops the window.", choices=ON_MISSING)
     stall_timeout: float = option(2.0, "Seconds a source may give nothing before it is marked "
                                   "stalled.", min=0, min_open=True, fingerprint=False)
-    output_format: str = option("npy", "npy: <window>/<source>.npy per source.", name="format",
-                                choices=("npy",))
+    output_format: str = option("npy", "npy: <window>/<source>.npy (frames, H, W, 3) uint8; "
+                                "mp4: <window>/<source>.mp4 (H.264).", name="format",
+                                choices=("npy", "mp4"))
 
 
 def source_names(sources: Sequence[str]) -> list[str]:
@@ -65,15 +67,19 @@ def source_names(sources: Sequence[str]) -> list[str]:
     return names
 
 
-def write_window(root: str, names: list[str], payload: tuple) -> Any:
+def write_window(root: str, names: list[str], fmt: str, fps: float, payload: tuple) -> Any:
     """Write one window's folder (under a temporary name, renamed into place)."""
+    from ...media.video.stream import write_mp4
     window, start, frames, mask, pts = payload
     final = Path(root) / f"{window:06d}"
     tmp = temp_path_for(final)
     tmp.mkdir(parents=True)
     try:
         for name, f in zip(names, frames):
-            np.save(tmp / f"{name}.npy", f)
+            if fmt == "mp4":
+                write_mp4(str(tmp / f"{name}.mp4"), f, fps)
+            else:
+                np.save(tmp / f"{name}.npy", f)
         np.save(tmp / "mask.npy", mask)
         np.save(tmp / "pts.npy", pts)
         rename_noreplace(tmp, final)
@@ -101,6 +107,7 @@ class StreamsJob(Job):
         self.opts = options or StreamsOptions()
         self.names = source_names(self.sources)
         self.last_stats: list[dict] = []
+        self.fps = self.opts.fps  # the sources' common rate when not given (validate)
 
     def validate(self) -> None:
         self.opts.validate()
@@ -109,6 +116,7 @@ class StreamsJob(Job):
         for s in self.sources:
             if "://" not in s and not Path(s).exists():
                 raise UsageError(f"streams: no such source {s}")
+        self.fps = stream_rate(self.sources, self.opts.fps)
         self.validate_dst()
 
     def source_gone(self) -> bool:
@@ -132,7 +140,8 @@ class StreamsJob(Job):
 
     def runner(self) -> TaskRunner:
         import functools
-        return TaskRunner(functools.partial(write_window, str(self.dst.path), self.names))
+        return TaskRunner(functools.partial(write_window, str(self.dst.path), self.names,
+                                            self.opts.output_format, self.fps))
 
     def summary_lines(self, ledger: Any) -> list[str]:
         lines = []

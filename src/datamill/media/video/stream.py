@@ -91,3 +91,20 @@ def frames(source: str, size: tuple[int, int], align: str = "pts",
                 raise VideoError(f"cannot decode {source}: {exc}", error_class="decode_error") from exc
             raise VideoError(f"decoding {source} failed part-way: {exc}",
                              error_class="decode_error") from exc
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: float, codec: str = "h264") -> None:
+    """Encode `frames` (F, H, W, 3) RGB uint8 as a video file at `fps` (path's container)."""
+    from .encode import encoder_settings
+    encoder, options = encoder_settings(codec)
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(path, "w") as out:
+        stream = out.add_stream(encoder, rate=rate, options=dict(options))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = 1 / rate
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base, frame.pict_type = i, 1 / rate, 0
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
