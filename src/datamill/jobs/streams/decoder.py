@@ -130,62 +130,97 @@ class WindowWriter:
                         "stats": self.counters.as_dict()})
 
 
-def resample(spec: Spec, frames, writer: WindowWriter) -> None:
-    """Assign the source's frames to the stream's targets (nearest frame; see the module)."""
-    fps, tol, c = spec.fps, spec.tolerance, writer.counters
-    prev: tuple[float, np.ndarray] | None = None
-    prev_used = True
-    nxt = 0  # the next target to fill
-    for t, rgb in frames:
+class Resampler:
+    """Assigns a source's frames to the stream's targets (nearest frame; see the module),
+    frame by frame, so that a live source reopened after a failure goes on where it was."""
+
+    def __init__(self, spec: Spec, writer: WindowWriter):
+        self.fps, self.tol, self.writer = spec.fps, spec.tolerance, writer
+        self.c = writer.counters
+        self.prev: tuple[float, np.ndarray] | None = None
+        self.prev_used = True
+        self.nxt = 0  # the next target to fill
+
+    def feed(self, t: float, rgb: np.ndarray) -> bool:
+        """One decoded frame at `t` seconds; False when the ring is closed."""
+        c, prev = self.c, self.prev
         c.decoded += 1
         used = False
-        j_new = math.floor(t * fps + 1e-9)  # targets up to this frame's time are decided:
-        while nxt <= j_new:                    # the frame before it or this one is nearest
-            tj = nxt / fps
+        j_new = math.floor(t * self.fps + 1e-9)  # targets up to this frame's time are decided:
+        while self.nxt <= j_new:                  # the frame before it or this one is nearest
+            tj = self.nxt / self.fps
             d_prev = tj - prev[0] if prev is not None else math.inf
             d_new = abs(t - tj)
-            if d_new <= d_prev and d_new <= tol:
+            if d_new <= d_prev and d_new <= self.tol:
                 choice, ct = rgb, t
                 c.duplicated += used
                 used = True
-            elif d_prev <= tol:
+            elif d_prev <= self.tol:
                 choice, ct = prev[1], prev[0]
-                c.duplicated += prev_used
-                prev_used = True
+                c.duplicated += self.prev_used
+                self.prev_used = True
             else:
                 choice, ct = None, math.nan
-            if not writer.put(nxt, choice, ct):
-                return
-            nxt += 1
-        if prev is not None and not prev_used:
+            if not self.writer.put(self.nxt, choice, ct):
+                return False
+            self.nxt += 1
+        if prev is not None and not self.prev_used:
             c.dropped += 1
-        prev, prev_used = (t, rgb), used
-    if prev is not None:  # the targets of the last window after the last frame
-        while nxt % writer.layout.frames and writer.slot is not None:
-            tj = nxt / fps
-            if tj - prev[0] > tol:
+        self.prev, self.prev_used = (t, rgb), used
+        return True
+
+    def finish(self) -> None:
+        """The source ended: the targets of its last window after its last frame."""
+        prev, w = self.prev, self.writer
+        if prev is None:
+            return
+        while self.nxt % w.layout.frames and w.slot is not None:
+            if self.nxt / self.fps - prev[0] > self.tol:
                 break
-            c.duplicated += prev_used
-            prev_used = True
-            writer.put(nxt, prev[1], prev[0])
-            nxt += 1
-        if not prev_used:
-            c.dropped += 1
+            self.c.duplicated += self.prev_used
+            self.prev_used = True
+            w.put(self.nxt, prev[1], prev[0])
+            self.nxt += 1
+        if not self.prev_used:
+            self.c.dropped += 1
+        self.prev_used = True
+
+
+RECONNECT_BACKOFF = (0.5, 10.0)  # a live source is reopened after 0.5 s, doubling up to 10 s
 
 
 def run_decoder(spec: Spec, ring: Ring) -> None:
     """The decoder process: its source's windows into `ring`, then an end (with the error
-    that ended it, if any).  Dies with the stream's owner."""
+    that ended it, if any).  A live source that ends or fails is reopened with backoff
+    (its windows go on from the time it is back).  Dies with the stream's owner."""
+    import time
+    from ...media.video.stream import is_live
     die_with_owner(ring)
     counters = Counters()
     writer = WindowWriter(ring, spec.layout, counters)
+    resampler = Resampler(spec, writer)
+    live = is_live(spec.source)
+    size = (spec.layout.width, spec.layout.height)
+    delay = RECONNECT_BACKOFF[0]
     error = None
+    while True:
+        base = 0.0 if resampler.prev is None else time.monotonic() - spec.t0
+        try:
+            for t, rgb in source_frames(spec.source, size, spec.align,
+                                        spec.realtime and not live,  # live: real time already
+                                        spec.t0, spec.options):
+                if not resampler.feed(t + base if spec.align == "pts" else t, rgb):
+                    os._exit(0)  # the stream was closed
+                delay = RECONNECT_BACKOFF[0]
+            error = None
+        except Exception as exc:  # noqa: BLE001 - the source fails, the stream goes on
+            error = f"{type(exc).__name__}: {exc}"
+        if not live or ring.closed:
+            break
+        time.sleep(delay)
+        delay = min(2 * delay, RECONNECT_BACKOFF[1])
     try:
-        resample(spec, source_frames(spec.source, (spec.layout.width, spec.layout.height),
-                                     spec.align, spec.realtime, spec.t0, spec.options), writer)
-    except Exception as exc:  # noqa: BLE001 - the source fails, the stream goes on
-        error = f"{type(exc).__name__}: {exc}"
-    try:
+        resampler.finish()
         writer.finish(error)
     finally:
         os._exit(0)
