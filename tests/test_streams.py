@@ -249,3 +249,15 @@ def test_write_streams_in_mp4(videos, tmp_path):
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 25 and frames[0].shape == (64, 96, 3)
     assert (tmp_path / "out" / "000003" / "mask.npy").exists()
+
+
+def test_a_dev_shm_too_small_is_refused_naming_the_size_and_nothing_is_left(videos, monkeypatch):
+    from datamill.engine.shm import segments as seg
+    monkeypatch.setattr(seg, "shm_free_bytes", lambda: 64 * 1000 * 1000)  # a container's 64 MB
+    with pytest.raises(RingError) as err:
+        with datamill.streams([str(videos / "a25.mp4"), str(videos / "c25.mp4")],
+                              size=(1920, 1080)) as stream:
+            next(iter(stream))
+    text = str(err.value)
+    assert "bytes" in text or "MB" in text
+    assert "size, window or fps" in text or "ring_windows" in text
