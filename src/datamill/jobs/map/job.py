@@ -43,7 +43,8 @@ class MapJob(TreeJob):
     unit = "item"
     kind = "files"
     batch_size = None  # batches sized by the measured time per item...
-    task_seconds = 0.5  # ...so that a task is half a second (a short tail), at most a shard
+    task_seconds = 10.0  # ...up to 10 s and one shard of items (a part that is a whole shard
+    # is linked, not merged); the engine shrinks the last tasks so that workers share the tail
     # the manifest has a row per item (key, source, status, reason); its records are in the
     # shards under the keys <item key>_<n>
 
