@@ -56,7 +56,6 @@ class Counters:
     decoded: int = 0
     dropped: int = 0
     duplicated: int = 0
-    missing: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -98,15 +97,17 @@ class WindowWriter:
         if rgb is None:
             mask[k] = False
             pts[k] = math.nan
-            self.counters.missing += 1
         else:
             frames[k] = rgb
             mask[k] = True
             pts[k] = t
+        if k == self.layout.frames - 1:  # its last target: the window goes out now
+            self.slot.commit({"window": self.window, "stats": self.counters.as_dict()})
+            self.slot = None
         return True
 
     def _next_window(self) -> bool:
-        if self.slot is not None:
+        if self.slot is not None:  # (a window whose last target was given went out then)
             self.slot.commit({"window": self.window, "stats": self.counters.as_dict()})
         self.slot = self.ring.reserve()
         if self.slot is None:
@@ -121,7 +122,6 @@ class WindowWriter:
     def finish(self, error: str | None = None) -> None:
         """Commit the window in progress (what it lacks is missing) and the end."""
         if self.slot is not None:
-            self.counters.missing += self.layout.frames - 1 - self.last_k
             self.slot.commit({"window": self.window, "stats": self.counters.as_dict()})
             self.slot = None
         end = self.ring.reserve()

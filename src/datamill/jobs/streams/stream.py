@@ -36,8 +36,6 @@ class SourceState:
     ended: bool = False
     error: str | None = None
     last: np.ndarray | None = None  # the last real frame (on_missing="repeat")
-    absent: int = 0  # frames of windows the source gave no slot for (ended, stalled, failed)
-    decoder_missing: int = 0
     stats: dict = field(default_factory=lambda: {
         "decoded": 0, "dropped": 0, "duplicated": 0, "missing": 0, "late": 0, "stalled": 0,
         "windows_dropped": 0, "failed": None})
@@ -104,6 +102,8 @@ class Stream:
         self.realtime, self.align = realtime, align
         self.ring_windows, self.tolerance = ring_windows, tolerance
         self.states: list[SourceState] = []
+        self.paced = realtime
+        self.t0 = 0.0  # when the decoders started (time.monotonic())
         self.batches: Ring | None = None
         self.current: Batch | None = None
         self.next_window = 0
@@ -129,7 +129,9 @@ class Stream:
         self.batches = Ring.create(batch_bytes, 2, name="streams-batch",
                                    size_option="size, window or fps")
         ctx = mp.get_context("fork")
-        t0 = time.monotonic()
+        from ...media.video.stream import is_live
+        self.paced = self.realtime or self.align == "arrival" or any(map(is_live, self.sources))
+        t0 = self.t0 = time.monotonic()
         for i, source in enumerate(self.sources):
             ring = Ring.create(lay.slot_bytes, self.ring_windows, name=f"streams-src{i}",
                                drop_oldest=self.realtime, size_option="ring_windows")
@@ -167,7 +169,8 @@ class Stream:
                 raise StopIteration
             w = self.next_window
             self.next_window += 1
-            parts = [self._take(st, w) for st in self.states]
+            deadline = self._deadline(w)
+            parts = [self._take(st, w, deadline) for st in self.states]
             if self._over() and (self.until == "first" or all(p is None for p in parts)):
                 for p in parts:  # a window that the source which ended has no part of
                     if p is not None:
@@ -186,11 +189,19 @@ class Stream:
         ended = [st.ended for st in self.states]
         return all(ended) or (self.until == "first" and any(ended))
 
-    def _take(self, st: SourceState, w: int) -> ReadSlot | None:
+    def _deadline(self, w: int) -> float:
+        """Until when window w waits for its sources: `stall_timeout` after the window's end
+        when the sources come in real time (files paced, live sources, arrival times), else
+        after the wait starts; one deadline for every source of the window."""
+        now = time.monotonic()
+        if self.paced:
+            return max(now, self.t0 + (w + 1) * self.window) + self.stall_timeout
+        return now + self.stall_timeout
+
+    def _take(self, st: SourceState, w: int, deadline: float) -> ReadSlot | None:
         """The slot of source `st` for window w, or None (ended, failed, stalled, dropped)."""
         if st.ended:
             return None
-        deadline = time.monotonic() + self.stall_timeout
         while True:
             slot = st.pending
             st.pending = None
@@ -229,8 +240,6 @@ class Stream:
         for k in ("decoded", "dropped", "duplicated"):
             if k in decoder:
                 st.stats[k] = decoder[k]
-        st.decoder_missing = decoder.get("missing", st.decoder_missing)
-        st.stats["missing"] = st.decoder_missing + st.absent
 
     def _assemble(self, w: int, parts: list[ReadSlot | None]) -> Batch | None:
         n, lay = len(self.states), self.layout
@@ -243,13 +252,12 @@ class Stream:
                 mask[s] = False
                 pts[s] = math.nan
                 frames[s] = 0
-                st.absent += lay.frames
-                st.stats["missing"] = st.decoder_missing + st.absent
             else:
                 f, m, p = lay.arrays(part.view(np.uint8))
                 np.copyto(frames[s], f)
                 mask[s], pts[s] = m, p
                 part.release()
+            st.stats["missing"] += int(lay.frames - mask[s].sum())  # as delivered
             self._fill_missing(st, frames[s], mask[s])
         if self.on_missing == "drop" and not mask.all():
             slot.abort()

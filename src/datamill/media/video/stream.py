@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Iterator
+from typing import Any, Iterator
 
 import av
 import numpy as np
@@ -62,6 +62,7 @@ def frames(source: str, size: tuple[int, int], align: str = "pts",
     for a source that cannot be opened or has no video stream."""
     width, height = size
     t0 = time.monotonic() if t0 is None else t0
+    live = is_live(source)
     try:
         container = av.open(source, options=options or {}, timeout=(10.0, 10.0))
     except (av.FFmpegError, OSError) as exc:
@@ -72,25 +73,42 @@ def frames(source: str, size: tuple[int, int], align: str = "pts",
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         first: float | None = None
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None and frame.time is None:
-                    continue
-                ft = float(frame.time) if frame.time is not None else 0.0
-                if first is None:
-                    first = ft
-                t = ft - first if align == "pts" else time.monotonic() - t0
-                if realtime and align == "pts":
-                    wait = t0 + t - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
-                rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-                yield t, rgb
-        except av.FFmpegError as exc:
+        for frame in _decoded(container, stream, source, live):
+            if frame.pts is None and frame.time is None:
+                continue
+            ft = float(frame.time) if frame.time is not None else 0.0
             if first is None:
-                raise VideoError(f"cannot decode {source}: {exc}", error_class="decode_error") from exc
+                first = ft
+            t = ft - first if align == "pts" else time.monotonic() - t0
+            if realtime and align == "pts":
+                wait = t0 + t - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+            yield t, rgb
+
+
+def _decoded(container: Any, stream: Any, source: str, live: bool) -> Iterator[Any]:
+    """The stream's frames.  A live stream that breaks after its first frame has ended (an
+    HTTP stream without a length ends with EIO): the frames still in the decoder come out
+    and the source ends normally; a file that breaks is a decode_error."""
+    got = False
+    try:
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                got = True
+                yield frame
+        return
+    except av.FFmpegError as exc:
+        if not got:
+            raise VideoError(f"cannot decode {source}: {exc}", error_class="decode_error") from exc
+        if not live:
             raise VideoError(f"decoding {source} failed part-way: {exc}",
                              error_class="decode_error") from exc
+    try:  # the end of a live stream: what the decoder holds
+        yield from stream.codec_context.decode(None)
+    except av.FFmpegError:
+        pass
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: float, codec: str = "h264") -> None:
