@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..columns import strings
 from .ledger import Ledger
 from .dst import Dst
 from .task import FAILED, OK
@@ -85,7 +86,7 @@ def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage
                 nonlocal n, batch, plain
                 if plain:
                     cols = list(zip(*plain))
-                    table = pa.table([pa.array(c, pa.string()) for c in cols]
+                    table = pa.table([strings(c) for c in cols]
                                      + [pa.nulls(len(plain), f.type) for f in fields],
                                      schema=schema)
                     writer.write_table(table)

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ...columns import strings
 from .schema import KEY_FIELD, Schema, json_text
 
 ROW_GROUP_ROWS = 10_000
@@ -161,20 +162,7 @@ def _offsets(lengths: np.ndarray) -> pa.Array:
 
 def _binary(t: pa.DataType, values: list[Any]) -> pa.Array:
     """str (UTF-8) or bytes values, some None, as a string or binary array."""
-    valid = _valid(values)
-    if t == pa.string():
-        parts = [b"" if v is None else v.encode("utf-8") for v in values] \
-            if valid is not None else [v.encode("utf-8") for v in values]
-    else:
-        parts = values if valid is None else [b"" if v is None else v for v in values]
-    lengths = np.fromiter(map(len, parts), np.int64, len(parts))
-    if int(lengths.sum()) > _INT32_MAX:  # pyarrow chunks it: let it
-        return pa.array(values, t)
-    offsets = np.zeros(len(parts) + 1, np.int32)
-    np.cumsum(lengths, out=offsets[1:], dtype=np.int32)
-    return pa.Array.from_buffers(t, len(parts), [_bitmap(valid), _buffer(offsets),
-                                                 pa.py_buffer(b"".join(parts))],
-                                 null_count=_nulls(valid))
+    return strings(values, t)
 
 
 def _scalars(t: pa.DataType, dtype: type, values: list[Any]) -> pa.Array:
