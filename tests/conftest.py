@@ -24,3 +24,20 @@ def hf(tmp_path, monkeypatch):
         return datasets.load_dataset("parquet", data_files=files, split="train",
                                      cache_dir=str(tmp_path / "hf" / "cache"))
     return load
+
+
+def segments() -> set[str]:
+    """datamill's shared-memory segments in /dev/shm."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith("datamill-")}
+
+
+@pytest.fixture()
+def no_shm_segment_left():
+    """The test leaves no segment of its own in /dev/shm (others' may come and go)."""
+    import time
+    before = segments()
+    yield
+    deadline = time.monotonic() + 5
+    while segments() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not segments() - before

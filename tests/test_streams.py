@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 import datamill
+from conftest import segments
 from datamill.engine.shm import RingError
 from datamill.errors import UsageError
 from datamill.testing.files import make_corrupt_file
 from datamill.testing.videos import make_video
 
 SIZE = (96, 64)
+pytestmark = pytest.mark.usefixtures("no_shm_segment_left")
 
 
-def segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("datamill-")}
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,6 @@ def videos(tmp_path_factory):
     return d
 
 
-@pytest.fixture(autouse=True)
-def no_segment_left():
-    before = segments()
-    yield
-    deadline = time.monotonic() + 5
-    while segments() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not segments() - before
 
 
 def run(sources, **kw):

@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 
 import datamill
+from conftest import segments
 from datamill.testing.videos import make_video
 
 SIZE = (96, 64)  # what the stream gives (W, H)
+pytestmark = pytest.mark.usefixtures("no_shm_segment_left")
 
 # A live encoder: H.264 in MPEG-TS into PATH, 25 frames a second paced in real time, each
 # frame stamped with the wall-clock time since the writer started (so that a pause shows in
@@ -58,18 +60,8 @@ with av.open(path, "w", format="mpegts", options={"flush_packets": "1"}) as out:
 """
 
 
-def segments() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("datamill-")}
 
 
-@pytest.fixture(autouse=True)
-def no_segment_left():
-    before = segments()
-    yield
-    deadline = time.monotonic() + 5
-    while segments() - before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not segments() - before
 
 
 @pytest.fixture
@@ -241,7 +233,9 @@ def _serve(tmp_path, monkeypatch, frames=75):
     return server, f"http://127.0.0.1:{server.server_address[1]}/cam.ts"
 
 
-def test_an_http_stream_served_on_localhost(tmp_path, monkeypatch):
+def test_an_http_stream_served_on_localhost_and_its_end(tmp_path, monkeypatch):
+    """Frames of a paced HTTP stream arrive; its end (EIO from FFmpeg's http protocol) is an
+    end, not a failure, and the decoder's last frames are not lost."""
     server, url = _serve(tmp_path, monkeypatch)
     try:
         out, ended = collect([url], 3, window=1, fps=25, stall_timeout=2.0)
@@ -249,18 +243,6 @@ def test_an_http_stream_served_on_localhost(tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
     assert len(out) == 3 and all(shape == (1, 25, SIZE[1], SIZE[0], 3) for *_, shape, _ in out)
-    assert out[0][2][0].all() and out[1][2][0].all(), [o[2][0].sum() for o in out]
-    assert out[2][2][0].mean() >= 0.8
-    assert out[-1][5][0]["decoded"] >= 70
-
-
-def test_the_end_of_an_http_stream_is_an_end_and_loses_no_frame(tmp_path, monkeypatch):
-    server, url = _serve(tmp_path, monkeypatch)
-    try:
-        out, ended = collect([url], 3, window=1, fps=25, stall_timeout=2.0)
-    finally:
-        server.shutdown()
-        server.server_close()
     assert all(o[2][0].all() for o in out), [o[2][0].sum() for o in out]
     # (the stream is then reopened, as live sources are: more frames may follow)
     assert out[-1][5][0]["decoded"] >= 75 and out[-1][5][0]["failed"] is None
