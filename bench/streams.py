@@ -316,11 +316,13 @@ def e2e_seed(files: list[str], windows: int) -> dict:
 def e2e_datamill(files: list[str], windows: int, realtime: bool = True) -> dict:
     import datamill
     delays, counts, full, frames = [], [], [], 0
-    start = time.monotonic()  # just before the stream starts its clock: delays err long
+    start = time.monotonic()
     with datamill.streams(files, window=1, fps=FPS, size=E2E_SIZE, realtime=realtime) as stream:
+        clock = stream.t0  # the clock the decoders pace the files by (the cameras' time)
+        print(f"  stream start-up (rings, decoders): {clock - start:.3f} s", flush=True)
         for b in stream:
             now = time.monotonic()
-            delays.append(now - (start + (b.window + 1) * 1.0))
+            delays.append(now - (clock + (b.window + 1) * 1.0))
             mask = b.mask
             counts.append(int(mask.sum(axis=1).min()))
             full.append(bool(mask.all()))
