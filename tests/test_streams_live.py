@@ -242,3 +242,26 @@ def test_an_http_stream_served_on_localhost_and_its_end(tmp_path, monkeypatch):
     assert all(o[2][0].all() for o in out), [o[2][0].sum() for o in out]
     # (the stream is then reopened, as live sources are: more frames may follow)
     assert out[-1][5][0]["decoded"] >= 75 and out[-1][5][0]["failed"] is None
+
+
+def test_a_source_that_starts_late_is_missing_until_it_comes(tmp_path, writers):
+    steady, late = tmp_path / "steady.ts", tmp_path / "late.ts"
+    writers(steady, 6.0)
+    os.mkfifo(late)  # the stream's decoder opens it now and waits for a writer...
+    procs: list[subprocess.Popen] = []
+    timer = threading.Timer(2.5, lambda: procs.append(subprocess.Popen(  # ...who comes later
+        [sys.executable, "-c", WRITER, str(late), "3.0", "0", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
+    timer.start()
+    try:
+        out, _ = collect([steady, late], 5, window=1, fps=25, align="arrival",
+                         stall_timeout=1.0)
+    finally:
+        timer.join()
+        for p in procs:
+            p.kill()
+            p.wait(timeout=10)
+    m1 = [o[2][1].mean() for o in out]
+    assert m1[0] == 0 and m1[1] == 0, m1  # nothing before it started...
+    assert any(m >= 0.8 for m in m1[3:]), m1  # ...then its frames, in the windows they came in
+    assert all(o[2][0].mean() >= 0.8 for o in out[1:]), [o[2][0].sum() for o in out]
