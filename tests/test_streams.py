@@ -143,12 +143,15 @@ def test_a_decoder_killed_marks_its_source_failed_and_the_stream_goes_on(videos)
 def test_a_slow_consumer_in_real_time_loses_the_oldest_windows(videos):
     t0 = time.monotonic()
     windows = []
+    rss = []
     with datamill.streams([str(videos / "a25.mp4")], size=SIZE, realtime=True,
                           ring_windows=2) as stream:
         for b in stream:
             windows.append(b.window)
+            rss.append(_rss_mb())
             time.sleep(2.5)  # slower than real time
         stats = b.stats[0]
+    assert rss[-1] - rss[0] < 20, rss  # the rings are the memory: nothing piles up
     assert time.monotonic() - t0 < 15
     assert len(windows) < 4 and windows == sorted(windows)
     assert stats["windows_dropped"] >= 1
@@ -253,3 +256,10 @@ def test_a_dev_shm_too_small_is_refused_naming_the_size_and_nothing_is_left(vide
     text = str(err.value)
     assert "bytes" in text or "MB" in text
     assert "size, window or fps" in text or "ring_windows" in text
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
