@@ -35,3 +35,21 @@ def strings(values: Sequence[Any], t: pa.DataType | None = None) -> pa.Array:
     return pa.Array.from_buffers(t, len(parts), [bitmap, pa.py_buffer(offsets),
                                                  pa.py_buffer(b"".join(parts))],
                                  null_count=nulls)
+
+
+def column(values: Sequence[Any], t: pa.DataType) -> pa.Array:
+    """A column of `t` (string, binary, integer, floating point or bool; others through
+    pyarrow's own conversion) from Python values, some None."""
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        return strings(values, t)
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+        return pa.array(values, t)
+    none = any(v is None for v in values)
+    dtype = np.bool_ if pa.types.is_boolean(t) else t.to_pandas_dtype()
+    data = np.array([0 if v is None else v for v in values] if none else values, dtype)
+    valid = np.fromiter((v is not None for v in values), bool, len(values)) if none else None
+    bitmap = None if valid is None else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    nulls = 0 if valid is None else int(len(valid) - np.count_nonzero(valid))
+    if pa.types.is_boolean(t):
+        data = np.packbits(data, bitorder="little")
+    return pa.Array.from_buffers(t, len(values), [bitmap, pa.py_buffer(data)], null_count=nulls)
