@@ -359,11 +359,14 @@ def test_driver_killed_at_any_point_then_rerun_writes_every_record_once(tmp_path
         ["--ordered"] if ordered else [])
     p = cli(src, dst, *flags, fault=fault)
     assert p.returncode != 0 or "reports" in fault
+    assert dst.exists()
+    (dst / "mine.txt").write_text("the user's")  # beside the outputs: never touched
     p = cli(src, dst, *flags)
     assert p.returncode == 0, p.stderr
     recs = check_shards(dst, 300)
     assert len(recs) == sum(n % 4 for n in range(3000))
     assert not list((dst / "_datamill" / "parts").glob("*.datamill-tmp-*"))
+    assert (dst / "mine.txt").read_text() == "the user's"
     if ordered:
         assert cli(src, ref, *flags).returncode == 0
         assert shard_bytes_of(dst) == shard_bytes_of(ref)

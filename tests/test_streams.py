@@ -263,3 +263,33 @@ def _rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def test_write_streams_killed_mid_run_then_the_same_command(videos, tmp_path):
+    dst = tmp_path / "out"
+    args = [sys.executable, "-m", "datamill", "streams", str(videos / "a25.mp4"),
+            str(videos / "c25.mp4"), str(dst), "--size", "96x64"]
+    env = {**os.environ, "DATAMILL_FAULT": "commit:kill:3"}
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == -signal.SIGKILL
+    (dst / "mine.txt").write_text("the user's")  # beside the outputs: never touched
+    env.pop("DATAMILL_FAULT")
+    p = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    import pyarrow.parquet as pq
+    keys = [r["key"] for r in pq.read_table(dst / "manifest.parquet").to_pylist()]
+    assert keys == ["000000", "000001", "000002", "000003"]
+    windows = sorted(d.name for d in dst.iterdir() if d.name[0].isdigit())
+    assert windows == keys
+    assert all(np.load(dst / w / "a25.npy").shape == (25, 64, 96, 3) for w in windows)
+    assert not [q for q in dst.rglob("*") if ".datamill-tmp-" in q.name]
+    assert (dst / "mine.txt").read_text() == "the user's"
+    assert not [d for d in Path("/proc").iterdir() if d.name.isdigit()
+                and str(dst).encode() in _cmdline(int(d.name))]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -30,7 +30,7 @@ from .errors import UsageError
 
 __all__ = ["OptionError", "Options", "Spec", "option", "group", "validate", "fingerprint",
            "click_params", "from_cli", "from_flat", "split_flat", "flat_names", "flag_of",
-           "comma_list", "parse_extensions", "parse_bytes"]
+           "comma_list", "parse_extensions", "parse_bytes", "parse_wxh"]
 
 
 class OptionError(UsageError, ValueError):
@@ -379,3 +379,12 @@ def parse_bytes(value: str) -> int:
         return int(float(number) * _UNITS[unit])
     except ValueError:
         raise OptionError(f"{value!r} is not a size (examples: 4096, 256MB, 1GiB)") from None
+
+
+def parse_wxh(value: str) -> tuple[int, int]:
+    """"565x320" as (565, 320)."""
+    try:
+        w, h = (int(x) for x in str(value).lower().split("x"))
+    except ValueError:
+        raise OptionError(f"expected WIDTHxHEIGHT like 565x320, not {value!r}") from None
+    return w, h

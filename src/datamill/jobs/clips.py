@@ -27,21 +27,13 @@ from ..media.video import (AUDIO_MODES, CODECS, FORMATS, ClipSpec, ClipTask, Vid
                            check_output_size, cut_clips, output_size, plan_clip_tasks,
                            probe_video)
 from ..engine.run import RunOptions, RunReport, run_job
-from ..options import OptionError, Options, fingerprint, option, parse_extensions, split_flat
+from ..options import (OptionError, Options, fingerprint, option, parse_extensions, parse_wxh,
+                       split_flat)
 
 log = logging.getLogger("datamill")
 
 VIDEO_EXTENSIONS = ("mp4", "avi", "mov", "mkv", "webm", "m4v")
 LAYOUTS = ("mirror", "flat")
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    """WIDTHxHEIGHT (565x320) as (565, 320)."""
-    try:
-        w, h = (int(x) for x in value.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"expected WIDTHxHEIGHT like 565x320, not {value!r}") from None
-    return w, h
 
 
 @dataclass(frozen=True)
@@ -54,7 +46,7 @@ class ClipOptions(Options):
     drop_last: bool = option(False, "Drop the last clip when it is shorter.")
     fps: float | None = option(None, "Resample to this frame rate first.", min=0, min_open=True)
     size: tuple[int, int] | None = option(
-        None, "Exact output size (odd values are rounded down to even).", parse=parse_size,
+        None, "Exact output size (odd values are rounded down to even).", parse=parse_wxh,
         metavar="WxH")
     short_side: int | None = option(
         None, "Scale so the short side is N, keeping the aspect ratio.", min=2)

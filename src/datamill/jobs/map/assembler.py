@@ -20,7 +20,7 @@ ordered run writes the same bytes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Iterable
 
 
 @dataclass

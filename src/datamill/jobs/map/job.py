@@ -14,12 +14,11 @@ shard after the next run.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 from ...atomic import write_text_atomic
 from ...engine.fault import fault

@@ -66,7 +66,6 @@ class Spec:
     """What a decoder process needs."""
 
     source: str
-    index: int
     fps: float
     layout: Layout
     align: str

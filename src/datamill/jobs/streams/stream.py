@@ -107,8 +107,6 @@ class Stream:
         self.batches: Ring | None = None
         self.current: Batch | None = None
         self.next_window = 0
-        self.delivered = 0
-        self.windows_dropped = 0
 
     # -- life --------------------------------------------------------------------------------
     def __enter__(self) -> "Stream":
@@ -135,7 +133,7 @@ class Stream:
         for i, source in enumerate(self.sources):
             ring = Ring.create(lay.slot_bytes, self.ring_windows, name=f"streams-src{i}",
                                drop_oldest=self.realtime, size_option="ring_windows")
-            spec = Spec(source, i, self.fps, lay, self.align, self.realtime, t0, self.tolerance)
+            spec = Spec(source, self.fps, lay, self.align, self.realtime, t0, self.tolerance)
             proc = ctx.Process(target=run_decoder, args=(spec, ring), daemon=True,
                                name=f"datamill-decode-{i}")
             proc.start()
@@ -152,7 +150,6 @@ class Stream:
             if st.process.is_alive():
                 st.process.kill()
             st.process.join(timeout=5)
-        self.states_closed = True
         if self.batches is not None:
             self.batches.close()
 
@@ -182,7 +179,6 @@ class Stream:
             batch = self._assemble(w, parts)
             if batch is not None:
                 self.current = batch
-                self.delivered += 1
                 return batch
 
     def _over(self) -> bool:
@@ -261,7 +257,6 @@ class Stream:
             self._fill_missing(st, frames[s], mask[s])
         if self.on_missing == "drop" and not mask.all():
             slot.abort()
-            self.windows_dropped += 1
             return None
         slot.commit({"window": w})
         got = self.batches.get(timeout=None)

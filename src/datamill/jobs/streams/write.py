@@ -24,16 +24,8 @@ from ...engine.job import Item, Job
 from ...engine.run import RunOptions, RunReport, run_job
 from ...engine.task import TaskRunner, ok
 from ...errors import UsageError
-from ...options import OptionError, Options, option, split_flat
+from ...options import Options, option, parse_wxh, split_flat
 from .stream import ALIGN, ON_MISSING, stream_rate, streams
-
-
-def parse_size(value: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in str(value).lower().split("x"))
-        return w, h
-    except ValueError:
-        raise OptionError(f"--size {value!r}: expected WIDTHxHEIGHT, e.g. 640x360") from None
 
 
 @dataclass(frozen=True)
@@ -42,7 +34,7 @@ class StreamsOptions(Options):
     fps: float | None = option(None, "Frames per second of the windows (default: the sources' "
                                "common rate; required when they differ).", min=0, min_open=True)
     size: tuple[int, int] = option((640, 360), "Frame size WIDTHxHEIGHT (even).",
-                                   parse=parse_size, metavar="WxH")
+                                   parse=parse_wxh, metavar="WxH")
     align: str = option("pts", "pts: each source's timestamps from its start; arrival: when "
                         "frames arrive.", choices=ALIGN)
     on_missing: str = option("repeat", "A missing frame repeats the last one, is black, or "
@@ -158,6 +150,6 @@ def write_streams(sources: Sequence[str], dst: str | os.PathLike, **options: Any
     takes the options of `datamill.streams` that apply (window, fps, size, align, on_missing,
     stall_timeout) and the engine's (limit, overwrite, quiet, ...)."""
     if isinstance(options.get("size"), str):
-        options["size"] = parse_size(options["size"])
+        options["size"] = parse_wxh(options["size"])
     opts, run = split_flat([StreamsOptions, RunOptions], options)
     return run_job(StreamsJob(sources, dst, opts), run)
