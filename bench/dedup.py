@@ -505,6 +505,126 @@ def job_quality(dst: Path, names: list[str], hashes_exact: np.ndarray, truth: li
             f"{same_hash}/{len(manifest)}"]
 
 
+# -- the whole job against imagehash in a Pool(2), whole processes ---------------------------
+WHOLE = {"files": (4000, 400), "copies": (600, 60)}  # full, quick: the files, and copies among them
+WHOLE_SEED = 50_000
+WHOLE_KINDS = ["recompress q90", "brightness +10%", "byte-identical copy"]
+WHOLE_RUNS = {  # label -> the command after the interpreter (SRC and DST appended as {src} {dst})
+    "imagehash.phash in a multiprocessing.Pool(2) (baseline)": [__file__, "--child", "phash-pool", "{src}"],
+    "datamill dedup --fast --workers 2 (report.html)": ["-m", "datamill", "dedup", "{src}", "{dst}", "--fast",
+                                                         "--workers", "2", "--quiet"],
+    "datamill dedup --workers 2 (exact, report.html)": ["-m", "datamill", "dedup", "{src}", "{dst}",
+                                                        "--workers", "2", "--quiet"],
+    "datamill dedup --fast --workers 2 --no-report": ["-m", "datamill", "dedup", "{src}", "{dst}", "--fast",
+                                                       "--workers", "2", "--quiet", "--no-report"],
+    "datamill dedup --workers 2 --no-report (exact)": ["-m", "datamill", "dedup", "{src}", "{dst}",
+                                                       "--workers", "2", "--quiet", "--no-report"],
+}
+WHOLE_TARGETS = {"datamill dedup --fast --workers 2 (report.html)": 3.0,
+                 "datamill dedup --workers 2 (exact, report.html)": 1.3}
+
+
+def _whole_file(job: tuple[str, int, int]) -> None:
+    """File k of the whole-job collection: a distinct scene, or (k >= distinct) a copy of
+    scene k - distinct, kept 640x480 JPEG q90."""
+    from PIL import Image, ImageEnhance
+
+    from datamill.testing.images import make_scene
+    root, k, distinct = job
+    if k < distinct:
+        make_scene(Path(root) / f"w{k:05d}.jpg", seed=WHOLE_SEED + k)
+        return
+    o = k - distinct
+    data = make_scene(None, seed=WHOLE_SEED + o)
+    kind = WHOLE_KINDS[o % len(WHOLE_KINDS)]
+    if kind == "recompress q90":
+        data = _encode(Image.open(io.BytesIO(data)).convert("RGB"), quality=90)
+    elif kind == "brightness +10%":
+        data = _encode(ImageEnhance.Brightness(Image.open(io.BytesIO(data)).convert("RGB")).enhance(1.1), quality=90)
+    (Path(root) / f"w{o:05d}-copy.jpg").write_bytes(data)
+
+
+def whole_collection(quick: bool) -> Path:
+    """4,000 640x480 JPEGs q90 (cached): distinct scenes, and copies of some of them (so that
+    30% of the files are in groups of two: what the report shows)."""
+    import multiprocessing
+    n, copies = WHOLE["files"][quick], WHOLE["copies"][quick]
+    root = DATA / f"whole-{n}"
+    marker = root / "spec.json"
+    spec = {"files": n, "copies": copies, "seed": WHOLE_SEED, "kinds": WHOLE_KINDS, "version": 1}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    print(f"generating {n} JPEGs in {root} (once) ...", flush=True)
+    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+        pool.map(_whole_file, [(str(root), k, n - copies) for k in range(n)], 50)
+    marker.write_text(json.dumps(spec))
+    return root
+
+
+def phash_pool_child(src: str) -> None:
+    """The baseline: imagehash.phash(Image.open(p)) over every JPEG of src in a Pool(2)."""
+    import multiprocessing
+
+    import imagehash
+    from PIL import Image
+    paths = sorted(str(p) for p in Path(src).glob("*.jpg"))
+    with multiprocessing.Pool(WORKERS) as pool:
+        hashes = pool.map(_phash, paths, chunksize=16)
+    print(json.dumps({"hashes": len(hashes), "distinct": len(set(hashes))}))
+
+
+def _phash(path: str) -> str:
+    import imagehash
+    from PIL import Image
+    with Image.open(path) as img:
+        return str(imagehash.phash(img))
+
+
+def whole(quick: bool, repeat: int) -> dict:
+    """Each command of WHOLE_RUNS in a fresh process (wall clock from the parent, so
+    interpreter start and imports count), alternating order, `repeat` rounds; fresh DST."""
+    import resource
+    import sys
+    src = whole_collection(quick)
+    dst = DATA / "whole-dst"
+    runs: dict[str, list[dict]] = {label: [] for label in WHOLE_RUNS}
+    for r in range(repeat):
+        order = list(WHOLE_RUNS) if r % 2 == 0 else list(reversed(WHOLE_RUNS))
+        for label in order:
+            shutil.rmtree(dst, ignore_errors=True)
+            args = [a.format(src=src, dst=dst) for a in WHOLE_RUNS[label]]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{label} exited {proc.returncode}: {proc.stderr[-2000:]}")
+            cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+            runs[label].append({"wall": wall, "cpu": cpu})
+    groups = None
+    if (dst / "groups.parquet").exists():
+        import pyarrow.parquet as pq
+        groups = pq.read_table(dst / "groups.parquet").num_rows
+    return {"runs": runs, "files": WHOLE["files"][quick], "in_groups": groups}
+
+
+def whole_table(w: dict) -> str:
+    base_label = next(iter(WHOLE_RUNS))
+    base = median([r["wall"] for r in w["runs"][base_label]])
+    rows = []
+    for label, rs in w["runs"].items():
+        s = median([r["wall"] for r in rs])
+        target = WHOLE_TARGETS.get(label)
+        rows.append([label, f"{s:.2f} s", ", ".join(f"{r['wall']:.2f}" for r in rs),
+                     f"{median([r['cpu'] for r in rs]):.2f} s", rate(w["files"] / s), ratio(base / s),
+                     "" if target is None else f">= {target:g}x: {'met' if base / s >= target else 'MISSED'}"])
+    return table(["whole process (fresh, timed from outside)", "wall (median)", "runs", "CPU (all processes)",
+                  "images/s", "vs baseline", "target"], rows)
+
+
 # -- 3. pairs quality --------------------------------------------------------------------------
 def popcount64(x: np.ndarray) -> np.ndarray:
     return np.bitwise_count(x.astype(np.uint64))
@@ -826,7 +946,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small collection and search: a smoke run")
     ap.add_argument("--repeat", type=int, default=None, help="runs per timed figure (median); 3, or 1 with --quick")
-    ap.add_argument("--only", default="speed,job,pairs,search", help="comma-separated: speed,job,pairs,search")
+    ap.add_argument("--only", default="speed,job,whole,pairs,search",
+                    help="comma-separated: speed,job,whole,pairs,search")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--imagededup", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -836,6 +957,8 @@ def main() -> None:
     if args.child:
         if args.child[0] == "job":
             job_child(*args.child[1:])
+        elif args.child[0] == "phash-pool":
+            phash_pool_child(args.child[1])
         else:
             search_child(args.child[1], int(args.child[2]), args.child[3])
         return
@@ -847,12 +970,13 @@ def main() -> None:
     started = time.perf_counter()
     print(f"bench/dedup.py: {machine()}, median of {repeat} runs" + (" (quick)" if quick else "")
           + f"; load average {os.getloadavg()[0]:.1f}", flush=True)
-    root, truth = collection(quick)
+    root, truth = collection(quick) if parts & {"speed", "job", "pairs"} else (None, [])
     counts: dict[str, int] = {}
     for t in truth:
         counts[t["kind"]] = counts.get(t["kind"], 0) + 1
-    print(f"collection: {len(truth)} files in {root}: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-          flush=True)
+    if truth:
+        print(f"collection: {len(truth)} files in {root}: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+              flush=True)
     if imagededup_python() is not None:
         version = subprocess.run([str(IMAGEDEDUP_VENV / "bin" / "python"), "-c",
                                   "import imagededup, torch; print(imagededup.__version__, torch.__version__)"],
@@ -880,6 +1004,14 @@ def main() -> None:
         print(f"\n### The whole job on the collection ({len(truth)} files, mixed sizes, 2 workers), "
               f"fresh DST, median of {repeat}\n", flush=True)
         print(job_table(j), flush=True)
+
+    if "whole" in parts:
+        w = whole(quick, repeat)
+        print(f"\n### The whole job against imagehash, whole processes: {w['files']} 640x480 JPEGs q90 "
+              f"(generated scenes; {WHOLE['copies'][quick]} of them copies: {', '.join(WHOLE_KINDS)}; "
+              f"{w['in_groups']} files in groups), 2 workers, fresh DST, median of {repeat}, alternating\n",
+              flush=True)
+        print(whole_table(w), flush=True)
 
     if "pairs" in parts:
         q = quality(root, truth, j["imagededup_result"] if j else None)
