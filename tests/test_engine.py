@@ -178,6 +178,56 @@ def test_crash_without_a_culprit_is_bisected_until_the_item_is_alone():
     assert ex.tasks_run <= 2 * 7 + 2  # halves: about 2 log2(64) tasks, not 64
 
 
+class _Recording(_CrashIfSeven):
+    """One slot; records the payloads in the order they are sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent = []
+
+    def submit(self, task_id, payloads):
+        self.sent += payloads
+        super().submit(task_id, payloads)
+
+
+@pytest.mark.parametrize("costed", [True, False])
+def test_the_costliest_pending_item_goes_first_and_the_input_stays_lazy(costed):
+    """Items that followed from others (a long video's frame ranges) run longest first when
+    the job gives a cost; the input is not read ahead to find longer ones."""
+    read = []
+
+    def source():
+        for key in ("video-a", "video-b"):
+            read.append(key)
+            yield key, ("plan", key)
+
+    ex = _Recording()
+    sched = Scheduler(ex, TaskRunner(lambda p: p), source(), batch_size=1,
+                      cost=(lambda p: p[1] if p[0] == "cut" else 0) if costed else None)
+    sizes = {"video-a": [120, 500, 60, 250, 500], "video-b": [40, 900]}
+    for r in sched:
+        if r.item[0] == "plan":
+            assert read[-1] == r.key  # video-b is read only once video-a's ranges are all sent
+            sched.add((f"{r.key}#{i}", ("cut", n)) for i, n in enumerate(sizes[r.key]))
+    cuts = [p[1] for p in ex.sent if p[0] == "cut"]
+    if costed:
+        assert cuts == [500, 500, 250, 120, 60, 900, 40]
+    else:
+        assert cuts == sizes["video-a"] + sizes["video-b"]
+    assert read == ["video-a", "video-b"]
+
+
+def test_pending_ranks_by_cost_and_keeps_ties_in_order():
+    from datamill.engine.scheduler import Pending
+    from datamill.engine.task import WorkItem
+    pending = Pending(cost=lambda p: p[0])
+    pending.extend(WorkItem(k, (c, k)) for k, c in enumerate([3, 9, 3, 0, 9]))
+    pending.append(WorkItem("late", (5, "late")))
+    assert len(pending) == 6
+    assert [pending.popleft().key for _ in range(6)] == [1, 4, "late", 0, 2, 3]
+    assert not pending
+
+
 # -- jobs --------------------------------------------------------------------------------------
 def _tree(root: Path, contents: dict[str, str]) -> Path:
     for rel, text in contents.items():

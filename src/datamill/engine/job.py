@@ -48,9 +48,18 @@ class Job(ABC):
         return None
 
     aligned = False
+
+    def cost(self, payload: Any) -> float:
+        """How much work the item of `payload` is (a video range's frames); among items that
+        followed from others (`expand`) and wait to run, the costliest go first, so the job
+        does not end on one long task.  Used when `costed` is True."""
+        return 0.0
+
+    costed = False
     # Set by the engine before `runner()`: the cores each worker has to itself (work that can
-    # use threads, such as video codecs, sizes its thread pools by it).
+    # use threads, such as video codecs, sizes its thread pools by it), and how many workers.
     cores_per_worker = 1
+    workers = 1
     unit = "item"  # what the input's items are, for progress and the summary ("video", "url")
     # True when each task's outputs belong to its items alone (one video's clips), so an
     # item that is redone (its source changed) replaces them; False for shards of many items.

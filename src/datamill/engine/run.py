@@ -524,6 +524,7 @@ class _Run:
         if self.opts.limit is None:  # the total gives the ETA and sizes the last tasks
             threading.Thread(target=self._count, name="datamill-count", daemon=True).start()
         self.job.cores_per_worker = executor.cores_per_worker()
+        self.job.workers = executor.workers
         self.sched = Scheduler(executor, self.job.runner(), self._source(),
                                retries=self.opts.retries,
                                timeout=self.job.task_timeout(self.opts.timeout),
@@ -532,6 +533,7 @@ class _Run:
                                max_batch=self.job.max_batch, on_idle=self._at_end,
                                align=self.job.align if self.job.aligned else None,
                                unread=self._unread,
+                               cost=self.job.cost if self.job.costed else None,
                                first_task_id=self.ledger.next_task_id,
                                on_start=lambda: self._check_nodes(executor),
                                on_poll=self._on_poll, on_submit=self._on_submit,

@@ -8,6 +8,7 @@ item that kills workers is alone, so only that item fails.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -19,6 +20,38 @@ from .task import FAILED, OK, Crash, Done, Outcome, TaskRunner, WorkItem, failed
 
 
 LONG_TASK_SECONDS = 0.2  # tasks longer than this are not queued behind a running one
+
+
+class Pending:
+    """Items waiting to run (added, or to run again): first in, first out; with `cost` (a
+    function of an item's payload: frames to decode, bytes to read), the costliest first, so
+    that the last tasks of a job are short ones and no worker is left with a long one alone.
+    Only items already added are compared: the input is still read lazily."""
+
+    def __init__(self, cost: Callable[[Any], float] | None = None):
+        self._cost = cost
+        self._fifo: deque[WorkItem] = deque()
+        self._heap: list[tuple[float, int, WorkItem]] = []
+        self._seq = itertools.count()
+
+    def append(self, w: WorkItem) -> None:
+        if self._cost is None:
+            self._fifo.append(w)
+        else:  # ties keep their order
+            heapq.heappush(self._heap, (-float(self._cost(w.payload) or 0), next(self._seq), w))
+
+    def extend(self, items: Iterable[WorkItem]) -> None:
+        for w in items:
+            self.append(w)
+
+    def popleft(self) -> WorkItem:
+        return self._fifo.popleft() if self._cost is None else heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._fifo) + len(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._fifo or self._heap)
 
 
 @dataclass(slots=True)
@@ -65,7 +98,9 @@ class Scheduler:
     worker or ran past its deadline.  `batch_size`: items per task, or None to adapt it so a
     task takes about `task_seconds`.  Task ids count from `first_task_id`.  `on_poll` is
     called after each wait for results (to refresh progress during long tasks); `on_start`
-    once the executor has started.  `on_submit(task_id, work_items)` runs before a task is
+    once the executor has started.  `cost(payload)`, when given, ranks the items added with
+    `add` (or to run again): the costliest of those waiting runs first (see `Pending`).
+    `on_submit(task_id, work_items)` runs before a task is
     sent (to record the outputs it will write; raising `OutputTaken` fails its items as
     `dst_exists` without running them); `on_task_end(task_id, completed)` after a task's
     results were yielded (completed) or after it was lost (crash, deadline, not sendable).
@@ -86,7 +121,8 @@ class Scheduler:
                  on_task_end: Callable[[int, bool], None] | None = None,
                  on_idle: Callable[[], bool] | None = None,
                  align: Callable[[Any], int] | None = None,
-                 unread: Callable[[], int | None] | None = None):
+                 unread: Callable[[], int | None] | None = None,
+                 cost: Callable[[Any], float] | None = None):
         self.executor = executor
         self.runner = runner
         self.retries = retries
@@ -101,7 +137,7 @@ class Scheduler:
         self._ids = itertools.count(first_task_id)
         self.next_task_id = first_task_id
         self._exact: deque[list[WorkItem]] = deque()  # tasks to run exactly as they are
-        self._queued: deque[WorkItem] = deque()  # items added or to run again, batched
+        self._queued = Pending(cost)  # items added or to run again, batched
         self._inflight: dict[int, list[WorkItem]] = {}
         self._side: deque[WorkItem] = deque()  # side tasks to run (payload, callback)
         self._side_inflight: dict[int, WorkItem] = {}

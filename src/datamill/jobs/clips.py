@@ -1,9 +1,11 @@
 """Job `clips`: cut every video of a tree into fixed-length, resized clips.
 
 Items are videos (stage "plan": a worker probes the video by demuxing only and plans clip
-tasks of about `task_frames` frames aligned on keyframes), then clip tasks (stage "cut": a
-worker seeks to the task's keyframe, decodes its range and writes its clips).  So one long
-video is spread over every core, and a rerun redoes only the unfinished ranges.
+tasks aligned on keyframes: one for a video of at most `task_frames` frames, about
+frames / (4 x workers) each for a longer one), then clip tasks (stage "cut": a worker seeks to
+the task's keyframe, decodes its range and writes its clips; the longest waiting task goes
+first).  So one long video is spread over every core, and a rerun redoes only the unfinished
+ranges.
 """
 from __future__ import annotations
 
@@ -113,11 +115,11 @@ def clip_output(folder: Path, prefix: str, index: int, opts: ClipOptions, source
 
 
 def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple,
-                 threads: int = 0) -> list[dict] | Outcome:
-    """Run in a worker: plan a video, or cut one task of its clips (into DST, or into a local
-    folder uploaded to a URL DST when the task is done)."""
+                 threads: int = 0, workers: int | None = None) -> list[dict] | Outcome:
+    """Run in a worker: plan a video (for `workers` workers), or cut one task of its clips
+    (into DST, or into a local folder uploaded to a URL DST when the task is done)."""
     if payload[0] == "plan":
-        return plan_video(opts, payload[1])
+        return plan_video(opts, payload[1], workers)
     _, path, rel, task, geometry = payload
     with dst.staged() as root:
         folder, prefix = clip_paths(root, rel, opts)
@@ -143,14 +145,17 @@ def clips_worker(opts: ClipOptions, dst: Dst, payload: tuple,
     return records
 
 
-def plan_video(opts: ClipOptions, path: str) -> list[dict]:
+def plan_video(opts: ClipOptions, path: str, workers: int | None = None) -> list[dict]:
+    """A video's cut tasks (as JSON): one for a video of at most `task_frames` frames; a longer
+    one is cut finer for `workers` workers (see `plan_clip_tasks`)."""
     info = probe_video(path)
     w, h, note = output_size(info.display_width, info.display_height, size=opts.size,
                              short_side=opts.short_side, max_side=opts.max_side)
     check_output_size(w, h, opts.codec)
     size = [w, h] if opts.resizes or note else None
     tasks = plan_clip_tasks(info, frames=opts.frames, stride=opts.stride or opts.frames,
-                            drop_last=opts.drop_last, fps=opts.fps, task_frames=opts.task_frames)
+                            drop_last=opts.drop_last, fps=opts.fps, task_frames=opts.task_frames,
+                            workers=workers)
     if not tasks:
         raise VideoError(f"{info.frame_count} frames: shorter than one clip of {opts.frames} "
                          "and --drop-last is set", error_class="too_short")
@@ -212,7 +217,17 @@ class ClipsJob(TreeJob):
     def runner(self) -> TaskRunner:
         # FFmpeg's own thread count (0) would start several decoder, scaler and encoder threads
         # in every worker: with a worker per core, one thread each spends less CPU per frame.
-        return TaskRunner(functools.partial(clips_worker, self.opts, self.dst, threads=self.cores_per_worker))
+        return TaskRunner(functools.partial(clips_worker, self.opts, self.dst,
+                                            threads=self.cores_per_worker, workers=self.workers))
+
+    costed = True  # the longest cut tasks go first (a long video's tasks end together)
+
+    def cost(self, payload: tuple) -> float:
+        """Frames a task decodes: from its keyframe to its last clip's end (a plan: none)."""
+        if payload[0] != "cut":
+            return 0.0
+        task = payload[3]
+        return max(c[1] + c[2] for c in task["clips"]) - task["seek_frame"]
 
     def expand(self, item: Item, records: list[dict]) -> Iterator[Item]:
         for task in records:

@@ -48,6 +48,15 @@ class ClipTask:
         return max(clip.end_frame for clip in self.clips)
 
 
+# A long video is cut into about this many tasks per worker: the last ones to finish then
+# leave the other workers idle for a short tail only.
+LONG_TASKS = 4
+# A task closes at the first clip after a keyframe once it covers its target; with no keyframe
+# by SPLIT_GOP x the target it closes anyway, and the next task starts within the GOP: it
+# decodes from the keyframe before and throws the frames before its first clip away.
+SPLIT_GOP = 2
+
+
 def as_fraction(value: Fraction | float | int | str) -> Fraction:
     """An exact rate: 29.97 -> 2997/100 (not the binary float's 29.969999...)."""
     return Fraction(str(value)) if isinstance(value, float) else Fraction(value)
@@ -70,6 +79,7 @@ def plan_clip_tasks(
     drop_last: bool = False,
     fps: Fraction | float | None = None,
     task_frames: int = 512,
+    workers: int | None = None,
 ) -> list[ClipTask]:
     """Cut the video's timeline into clips and group them into tasks.
 
@@ -78,8 +88,14 @@ def plan_clip_tasks(
     frame indexes are those of the video resampled to `fps`.  A task holds consecutive
     clips covering about `task_frames` frames; once a task is that long, the next one
     starts at the first clip that follows a keyframe (so it decodes little before its
-    first clip), or anyway at twice that length.  Each task seeks to the last keyframe at
+    first clip), or anyway at SPLIT_GOP times that length.  Each task seeks to the last keyframe at
     or before its first clip.
+
+    With `workers` (the job's worker count), a video longer than `task_frames` is cut finer,
+    so that one long video keeps every worker busy: tasks of about frames / (LONG_TASKS x
+    workers) (at least one clip, at most `task_frames`), by the same rule: a video whose
+    GOPs are longer than SPLIT_GOP x that gets tasks that start within a GOP.  A video of at
+    most `task_frames` frames stays one task, as without `workers`.
 
     >>> [len(t.clips) for t in plan_clip_tasks(info, frames=64, task_frames=512)]  # doctest: +SKIP
     [8, 8, 3]
@@ -108,6 +124,10 @@ def plan_clip_tasks(
     if drop_last:
         clips = [clip for clip in clips if clip.frame_count == frames]
 
+    target = task_frames  # a long video is cut into tasks of about `target` frames
+    if workers is not None and clips and clips[-1].end_frame - clips[0].start_frame > task_frames:
+        target = min(task_frames, max(stride, frames, -(-total // (LONG_TASKS * max(1, workers)))))
+
     def seek_for(frame: int) -> tuple[int, int]:
         at = bisect_right(key_index, frame) - 1
         return (key_index[at], key_pts[at]) if at >= 0 else (0, info.start_pts)
@@ -126,7 +146,7 @@ def plan_clip_tasks(
         if group:
             covered = group[-1].end_frame - group[0].start_frame
             follows_keyframe = seek_for(clip.start_frame)[0] > group[-1].start_frame
-            if covered >= task_frames and (follows_keyframe or covered >= 2 * task_frames):
+            if covered >= target and (follows_keyframe or covered >= SPLIT_GOP * target):
                 close_group()
                 group = []
         group.append(clip)
