@@ -1,9 +1,11 @@
 """The dedup report: one self-contained HTML page showing duplicate groups as thumbnails.
 
 The page needs nothing but itself: no network, no other file (a Content-Security-Policy
-forbids both). Thumbnails are JPEG data URIs made with Pillow from the same upright,
-white-composited pixels the dedup job hashes (`load_image_rgb`). An image that cannot be
-read is drawn as a grey box that says why.
+forbids both). Thumbnails are JPEG data URIs of the same upright, white-composited pixels
+the dedup job hashes (`load_thumbnail`: a JPEG decoded at reduced scale). A member may bring
+its thumbnail (`ReportMember.thumbnail`: the dedup job's workers made them, so the page is
+written without opening an image); the others are made here, in threads. An image that
+cannot be read is drawn as a grey box that says why.
 
 Paged, so that 10,000 groups open fast: each page of groups is one
 ``<script type="application/json" class="dm-page">`` blob, which the browser keeps as text;
@@ -38,7 +40,7 @@ from typing import IO, Any, Iterable
 
 from ..atomic import atomic_path
 from ..errors import ItemError
-from ..media.image import load_image_rgb
+from ..media.image import load_thumbnail
 
 JPEG_QUALITY = 70
 # Pillow decodes, resizes and encodes without the GIL, so threads make thumbnails in
@@ -62,6 +64,8 @@ class ReportMember:
     bytes: int
     phash_hex: str
     moved_to: str | None = None  # where dedup moved the file (then ``source_path`` is there)
+    # made already (`thumbnail_jpeg`'s result): the file is not opened
+    thumbnail: tuple[bytes, int, int] | str | None = None
 
 
 @dataclass
@@ -90,7 +94,8 @@ def write_dedup_report(path: str | os.PathLike, groups: Iterable[ReportGroup], *
             pages += 1
             n_groups += len(page)
             members = [m for g in page for m in g.members]
-            thumbs = iter(threads.map(lambda m: make_thumbnail(m.source_path, thumb_size), members))
+            thumbs = iter(threads.map(lambda m: _data_uri(m.thumbnail) if m.thumbnail is not None
+                                      else make_thumbnail(m.source_path, thumb_size), members))
             blob = {"page": pages, "groups": [
                 {"id": g.group_id, "members": [_member_record(m, next(thumbs)) for m in g.members]}
                 for g in page]}
@@ -115,9 +120,14 @@ def is_dedup_report(path: str | os.PathLike) -> bool:
 def make_thumbnail(source: str | os.PathLike, size: int) -> tuple[str, int, int] | str:
     """A JPEG data URI of `source` fitted in size x size, with its width and height; or,
     when the image cannot be read, the reason (a short line for a person)."""
+    return _data_uri(thumbnail_jpeg(source, size))
+
+
+def thumbnail_jpeg(source: str | os.PathLike | bytes, size: int) -> tuple[bytes, int, int] | str:
+    """The JPEG bytes of `source` fitted in size x size, with their width and height; or, when
+    the image cannot be read, the reason (a short line for a person)."""
     try:
-        img = load_image_rgb(source, draft_size=(size, size))
-        img.thumbnail((size, size))
+        img = load_thumbnail(source, size)
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=JPEG_QUALITY)
     except ItemError as exc:
@@ -126,7 +136,14 @@ def make_thumbnail(source: str | os.PathLike, size: int) -> tuple[str, int, int]
         return f"cannot read: {exc.strerror or exc}"
     except Exception as exc:  # anything else Pillow raises: one image must not sink the report
         return f"{type(exc).__name__}: {exc}"
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), img.width, img.height
+    return buf.getvalue(), img.width, img.height
+
+
+def _data_uri(thumb: tuple[bytes, int, int] | str) -> tuple[str, int, int] | str:
+    if isinstance(thumb, str):
+        return thumb
+    data, width, height = thumb
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii"), width, height
 
 
 def _member_record(m: ReportMember, thumb: tuple[str, int, int] | str) -> dict[str, Any]:

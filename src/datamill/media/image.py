@@ -435,3 +435,26 @@ def _encode(pixels: Image.Image, ext: str, quality: int, icc_profile: bytes | No
     except (OSError, ValueError) as exc:  # e.g. WebP is limited to 16383 pixels a side
         raise ImageError(f"cannot encode {pixels.width}x{pixels.height} as {ext}: {exc}", "encode_error") from None
     return buffer.getvalue()
+
+
+def load_thumbnail(source: PathOrBytes, size: int, *,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The picture of `load_image_rgb`, fitted in size x size (aspect kept, never enlarged).
+
+    A JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the fitted
+    size, not the square: a 640x480 photo fitted in 160x160 (160x120) decodes at 1/4 with no
+    resize left to do, where a draft to (160, 160) would decode at 1/2 and resize.
+    """
+    fp: IO[bytes] = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) \
+        else open(source, "rb")
+    with fp:
+        img = _open(fp, max_pixels)
+        width, height = img.size[::-1] if _orientation(img) in _SWAPS_SIDES else img.size
+        scale = min(1.0, size / width, size / height)
+        fit = (max(1, int(width * scale)), max(1, int(height * scale)))
+        pixels, _ = _decode(img, keep_alpha=False, draft_size=fit)
+        if pixels is img:
+            pixels = img.copy() if getattr(img, "is_animated", False) else img
+    rgb = pixels if pixels.mode == "RGB" else pixels.convert("RGB")
+    rgb.thumbnail((size, size))
+    return rgb

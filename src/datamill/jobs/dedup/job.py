@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import filecmp
 import functools
 import itertools
@@ -33,7 +32,6 @@ import json
 import logging
 import os
 import posixpath
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,16 +40,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_path, remove_output, rename_noreplace
-from ..errors import UsageError
-from ..engine.job import Item
-from ..engine.task import (FAILED, FILTERED, OK, Outcome, TaskContext, TaskRunner, failed,
-                           failed_with, filtered, ok)
-from ..engine.run import RunOptions, RunReport, run_job
-from ..options import OptionError, Options, option, parse_extensions, split_flat
-from .tree import TreeJob
-from ..media.hash_index import near_groups, pairs_against
-from ..media.hashes import HASH_KINDS, hamming, hash_images, to_hex
+from ...atomic import remove_output
+from ...columns import column
+from ...errors import UsageError
+from ...engine.job import Item
+from ...engine.task import (FAILED, FILTERED, OK, Outcome, TaskContext, TaskRunner, failed,
+                            failed_with, filtered, ok)
+from ...options import OptionError, Options, option, parse_extensions
+from ..tree import TreeJob
+from ...media.hash_index import pairs_against
+from ...media.hashes import HASH_KINDS, hash_images, to_hex
+from .place import disk_full, inside, is_placed, move_file, place_survivor
+from .plan import PLACE, Collection, Plan, group_images, plan_groups
+from .thumbs import SPOOL, THUMB_SIZE, ThumbSpool, ThumbTask, make_thumbs, thumb_tasks
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 KEEP_POLICIES = ("largest", "first", "oldest", "newest")
@@ -59,10 +60,6 @@ ACTIONS = ("report", "copy", "hardlink", "symlink", "move-duplicates")
 DEFAULT_THRESHOLD = 6  # bench/dedup.py: the largest meeting P >= 0.99, R >= 0.95 (see BENCHMARKS.md)
 MOVE_LOG = "moved.jsonl"
 GROUPS = "groups.parquet"
-PLACE = "place"  # the stage of an image whose copy, link or move failed (its hash is kept)
-# The ledger rows that hold a hash: the images that take part in grouping.
-_HASHED = ("WHERE status='ok' OR (status='filtered' AND reason IN ('duplicate', "
-           f"'duplicate_of_reference')) OR (status='failed' AND stage='{PLACE}')")
 log = logging.getLogger("datamill")
 
 
@@ -105,7 +102,14 @@ class DedupOptions(Options):
                               "move-duplicates")
 
 
-def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, int]]) -> list[tuple]:
+def work(opts: DedupOptions, task: TaskContext, payloads: list) -> list[Outcome]:
+    """Run in a worker: a task of images to hash, or a side task of thumbnails to make."""
+    if len(payloads) == 1 and isinstance(payloads[0], ThumbTask):
+        return [ok(make_thumbs(payloads[0]))]
+    return hash_batch(opts, task, payloads)
+
+
+def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, int]]) -> list[Outcome]:
     """Run in a worker: hash a task's images together (their DCTs in one batch), filtering
     by size; each image that fails costs only itself, and `task.start` names the image being
     decoded, so a crash or a deadline also costs only that one."""
@@ -135,148 +139,6 @@ def hash_batch(opts: DedupOptions, task: TaskContext, payloads: list[tuple[str, 
     return results
 
 
-@dataclass
-class _Collection:
-    """Hashed images of a ledger, as arrays (one row per image, in key order), and where each
-    file is now: `where` is its path in SRC, or where dedup moved it (then also `moved_to`)."""
-
-    keys: list[str]
-    sources: list[str]
-    hashes: np.ndarray
-    sha256: list[str]
-    width: np.ndarray
-    height: np.ndarray
-    size: np.ndarray
-    mtime: np.ndarray
-    where: list[str]
-    moved_to: list[str | None]
-
-    @classmethod
-    def load(cls, ledger: Any) -> "_Collection":
-        keys, sources, hashes, sha, w, h, b, mt = [], [], [], [], [], [], [], []
-        for row in ledger.iter_items(_HASHED):
-            rec = json.loads(row["records"])[0]
-            keys.append(row["key"])
-            sources.append(row["source"])
-            hashes.append(int(rec["hash"], 16))
-            sha.append(rec["sha256"])
-            w.append(rec["width"])
-            h.append(rec["height"])
-            b.append(rec["bytes"])
-            mt.append(row["mtime"] or 0.0)
-        return cls(keys, sources, np.array(hashes, dtype=np.uint64), sha, np.array(w, np.int64),
-                   np.array(h, np.int64), np.array(b, np.int64), np.array(mt, np.float64),
-                   list(sources), [None] * len(keys))
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def locate(self, moved: dict[str, str]) -> np.ndarray:
-        """Find each image now (in SRC, else where a done move of `moved` put it); returns
-        the mask of the images that are still somewhere."""
-        present = np.zeros(len(self), bool)
-        for i, source in enumerate(self.sources):
-            if os.path.exists(source):
-                present[i] = True
-            elif (dest := moved.get(source)) is not None and os.path.exists(dest):
-                self.where[i] = self.moved_to[i] = dest
-                present[i] = True
-        return present
-
-    def take(self, idx: np.ndarray) -> "_Collection":
-        def pick(values: list) -> list:
-            return [values[i] for i in idx]
-        return _Collection(pick(self.keys), pick(self.sources), self.hashes[idx],
-                           pick(self.sha256), self.width[idx], self.height[idx], self.size[idx],
-                           self.mtime[idx], pick(self.where), pick(self.moved_to))
-
-    def record(self, i: int) -> dict:
-        """Image `i`'s hash record, as the worker returned it."""
-        return {"hash": to_hex(int(self.hashes[i])), "sha256": self.sha256[i],
-                "width": int(self.width[i]), "height": int(self.height[i]),
-                "bytes": int(self.size[i])}
-
-
-def group_images(c: _Collection, threshold: int) -> np.ndarray:
-    """Group id per image: near copies (Hamming <= threshold), streamed into union-find so
-    that memory stays bounded even when millions of hashes cluster.  Exact copies (same
-    sha256) have the same hash, so they are grouped too."""
-    return near_groups(c.hashes, threshold)
-
-
-def choose_kept(c: _Collection, members: np.ndarray, policy: str) -> int:
-    """The member a group keeps: largest (pixels, then bytes, then path order), first,
-    oldest or newest (modification time, then path order)."""
-    if policy == "largest":
-        order = np.lexsort((members, -c.size[members], -(c.width[members] * c.height[members])))
-    elif policy == "first":
-        order = np.argsort(members, kind="stable")
-    elif policy == "oldest":
-        order = np.lexsort((members, c.mtime[members]))
-    else:
-        order = np.lexsort((members, -c.mtime[members]))
-    return int(members[order[0]])
-
-
-@dataclass
-class _Plan:
-    """The groups of the images present now and what each image is."""
-
-    groups: np.ndarray  # group id per image
-    sizes: np.ndarray  # members per group id
-    kept_of: np.ndarray  # the member its group keeps (itself when unique)
-    distance: np.ndarray  # Hamming distance to that member
-    reference: dict[int, tuple[str, int]]  # duplicates of --against: (reference file, distance)
-    survives: np.ndarray  # kept or unique, and no duplicate of the reference
-
-    def grouped(self) -> np.ndarray:
-        """The images in groups of two or more, by group then position."""
-        idx = np.flatnonzero(self.sizes[self.groups] > 1)
-        return idx[np.lexsort((idx, self.groups[idx]))]
-
-
-def plan_groups(c: _Collection, threshold: int, policy: str,
-                reference: dict[int, tuple[str, int]]) -> _Plan:
-    """Group the images and choose the one each group keeps, among the members that do not
-    duplicate the reference (any member when all do: then nothing of the group survives)."""
-    n = len(c)
-    groups = group_images(c, threshold) if n else np.zeros(0, np.int64)
-    sizes = np.bincount(groups, minlength=n) if n else np.zeros(0, np.int64)
-    kept_of = np.arange(n)
-    in_reference = np.zeros(n, bool)
-    in_reference[list(reference)] = True
-    order = np.argsort(groups, kind="stable")
-    for members in np.split(order, np.flatnonzero(np.diff(groups[order])) + 1) if n else []:
-        if len(members) > 1:
-            free = members[~in_reference[members]]
-            kept_of[members] = choose_kept(c, free if len(free) else members, policy)
-    distance = hamming(c.hashes, c.hashes[kept_of]).astype(np.int64) if n else kept_of
-    return _Plan(groups, sizes, kept_of, distance, reference,
-                 (kept_of == np.arange(n)) & ~in_reference)
-
-
-def move_file(source: Path, dest: Path) -> None:
-    """Move a file (a symlink as itself) to `dest`, whose folder exists, never replacing a file
-    there (FileExistsError); across file systems it is copied under a temporary name, renamed
-    into place, then the original removed."""
-    try:
-        rename_noreplace(source, dest)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        with atomic_path(dest) as tmp:
-            shutil.copy2(source, tmp, follow_symlinks=False)
-        os.unlink(source)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
-def _disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 class DedupJob(TreeJob):
     name = "dedup"
     kind = "images"
@@ -296,6 +158,10 @@ class DedupJob(TreeJob):
                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
         super().__init__(src, dst, options or DedupOptions(), extensions)
         self.result: dict[str, Any] = {}
+        # what at_end found (every hashed image, which are present, those, their groups),
+        # reused by finish; and the report's thumbnails
+        self._found: tuple[Collection, np.ndarray, Collection, np.ndarray] | None = None
+        self._spool: ThumbSpool | None = None
 
     def validate(self) -> None:
         if self.dst.is_remote and self.opts.action in ("hardlink", "symlink"):
@@ -307,7 +173,7 @@ class DedupJob(TreeJob):
         super().validate()
         src = self.src.resolve()
         move_to = Path(self.opts.move_to).resolve() if self.opts.move_to is not None else None
-        if move_to is not None and (_inside(move_to, src) or _inside(src, move_to)):
+        if move_to is not None and (inside(move_to, src) or inside(src, move_to)):
             raise UsageError(f"--move-to must be outside SRC (and not hold it): {self.opts.move_to}")
         if self.opts.against is not None:
             self._check_against(src, move_to)
@@ -323,7 +189,7 @@ class DedupJob(TreeJob):
         others = [("SRC", src), ("--move-to", move_to),
                   ("DST", None if self.dst.is_remote else self.dst.path.resolve())]
         for name, other in others:
-            if other is not None and (_inside(ref, other) or _inside(other, ref)):
+            if other is not None and (inside(ref, other) or inside(other, ref)):
                 raise UsageError(f"--against {against} overlaps {name} ({other}): its images "
                                  "would be duplicates of themselves; give a reference collection "
                                  "outside SRC, DST and --move-to")
@@ -352,7 +218,7 @@ class DedupJob(TreeJob):
             return
         rel = self._report_in_dst()
         resolved = path.resolve()
-        if _inside(resolved, src):
+        if inside(resolved, src):
             raise UsageError(f"--report {self.opts.report} is inside SRC {self.src}: it would "
                              "write over your files; give a name in DST or a path outside SRC")
         if resolved.is_dir():
@@ -360,7 +226,7 @@ class DedupJob(TreeJob):
         if rel is not None and (rel.split("/")[0] == "_datamill" or rel in (
                 GROUPS, MOVE_LOG, "manifest.parquet", "failures.jsonl", "stats.json")):
             raise UsageError(f"--report {self.opts.report} is the name of another file of DST")
-        from ..io.dedup_report import is_dedup_report
+        from ...io.dedup_report import is_dedup_report
         if rel is None and resolved.exists() and not is_dedup_report(resolved):
             raise UsageError(f"--report {self.opts.report} exists and is not a datamill report; "
                              "it is left alone: choose another path")
@@ -374,7 +240,37 @@ class DedupJob(TreeJob):
             yield self.item_for(e, (e.path, e.size))
 
     def runner(self) -> TaskRunner:
-        return TaskRunner(batch_fn=functools.partial(hash_batch, self.opts))
+        return TaskRunner(batch_fn=functools.partial(work, self.opts))
+
+    # -- after the hashing pass: the report's thumbnails, by the workers -----------------------
+    def _find(self, ledger: Any) -> tuple[Collection, np.ndarray, Collection, np.ndarray]:
+        """Every hashed image, which of them are present now, those, and their groups."""
+        if self._found is None:
+            everything = Collection.load(ledger)
+            present = everything.locate({s: d for s, d, _ in ledger.moves("done")})
+            c = everything.take(np.flatnonzero(present))
+            groups = group_images(c, self.opts.threshold) if len(c) else np.zeros(0, np.int64)
+            self._found = everything, present, c, groups
+        return self._found
+
+    def at_end(self, ledger: Any) -> list:
+        """Every image is hashed: group them, and have the workers make the thumbnails of the
+        images in groups that the spool lacks (see thumbs.py)."""
+        if not self.opts.report or self._spool is not None:
+            return []
+        _, _, c, groups = self._find(ledger)
+        self._spool = ThumbSpool(self.state_dir / SPOOL, THUMB_SIZE)
+        grouped = np.flatnonzero(np.bincount(groups, minlength=len(c))[groups] > 1) if len(c) else []
+        where: dict[str, str] = {}
+        for i in grouped:
+            where.setdefault(c.sha256[i], c.where[i])
+        return thumb_tasks(((where[sha], sha) for sha in self._spool.missing(where)), THUMB_SIZE)
+
+    def side_done(self, task_id: int, payload: Any, outcome: Any, ledger: Any) -> None:
+        if outcome.status == OK:
+            self._spool.put(outcome.records)
+        else:  # its worker died twice (a decoder crash): drawn as a grey box that says so
+            self._spool.failed((sha for _, sha in payload.images), f"no thumbnail: {outcome.message}")
 
     # -- the moves of earlier runs ------------------------------------------------------------
     def prepare(self, ledger: Any, overwrite: bool) -> None:
@@ -415,11 +311,9 @@ class DedupJob(TreeJob):
 
     # -- the global phase ---------------------------------------------------------------------
     def finish(self, ledger: Any, quiet: bool) -> None:
-        everything = _Collection.load(ledger)
-        present = everything.locate({s: d for s, d, _ in ledger.moves("done")})
-        c = everything.take(np.flatnonzero(present))
+        everything, present, c, groups = self._find(ledger)
         plan = plan_groups(c, self.opts.threshold, self.opts.keep,
-                           self._against(c) if self.opts.against else {})
+                           self._against(c) if self.opts.against else {}, groups)
         dup = ~plan.survives
         self.result = {"images": len(c), "gone": int((~present).sum()),
                        "groups": int((plan.sizes > 1).sum()), "duplicates": int(dup.sum()),
@@ -441,12 +335,12 @@ class DedupJob(TreeJob):
         if self.opts.report:
             self._write_report(c, plan)
 
-    def _against(self, c: _Collection) -> dict[int, tuple[str, int]]:
+    def _against(self, c: Collection) -> dict[int, tuple[str, int]]:
         """Images of SRC within the threshold of a reference image that exists now:
         index -> (reference file, distance)."""
-        from ..engine.ledger import Ledger
-        from ..engine.run import RunOptions, run_job
-        from ..engine.dst import state_path
+        from ...engine.ledger import Ledger
+        from ...engine.run import RunOptions, run_job
+        from ...engine.dst import state_path
         ref = Path(self.opts.against)
         if not state_path(ref).is_file():  # a folder of images: hash it through the engine
             ref_dst = self.state_dir / "against"
@@ -456,7 +350,7 @@ class DedupJob(TreeJob):
             ref = ref_dst
         ref_ledger = Ledger(state_path(ref), readonly=True)  # another job's: only read
         try:
-            r = _Collection.load(ref_ledger)
+            r = Collection.load(ref_ledger)
             r = r.take(np.flatnonzero(r.locate({s: d for s, d, _ in ref_ledger.moves("done")})))
         finally:
             ref_ledger.close()
@@ -464,14 +358,14 @@ class DedupJob(TreeJob):
         src = self.src.resolve()
         found: dict[int, tuple[str, int]] = {}
         for q, j, d in zip(qi.tolist(), rj.tolist(), dist.tolist()):
-            if _inside(Path(r.where[j]).resolve(), src):
+            if inside(Path(r.where[j]).resolve(), src):
                 raise UsageError(f"--against {self.opts.against} lists images of SRC (e.g. "
                                  f"{r.where[j]}): each would be a duplicate of itself; give a "
                                  "reference collection outside SRC")
             found[q] = (r.where[j], d)
         return found
 
-    def _move_duplicates(self, ledger: Any, c: _Collection, plan: _Plan,
+    def _move_duplicates(self, ledger: Any, c: Collection, plan: Plan,
                          failures: dict[int, Outcome]) -> None:
         """Move the duplicates in SRC whose kept image (or reference file) is there now."""
         target = Path(os.path.abspath(self.opts.move_to))  # the ledger outlives the cwd
@@ -494,7 +388,7 @@ class DedupJob(TreeJob):
                 try:
                     dest = self._move_out(ledger, Path(c.where[i]), target / c.keys[i], taken)
                 except OSError as exc:
-                    if _disk_full(exc):
+                    if disk_full(exc):
                         raise  # the engine stops the job, naming the disk
                     failures[i] = failed_with(exc)
                     continue
@@ -529,7 +423,7 @@ class DedupJob(TreeJob):
             return cand
         raise AssertionError("unreachable")
 
-    def _place_survivors(self, ledger: Any, c: _Collection, plan: _Plan,
+    def _place_survivors(self, ledger: Any, c: Collection, plan: Plan,
                          failures: dict[int, Outcome]) -> None:
         """Copy or link each survivor into DST (from where it is now).  A path taken by a file
         datamill did not write fails the survivor as dst_exists.  The copies of images that
@@ -555,7 +449,7 @@ class DedupJob(TreeJob):
             elif c.keys[i] not in ours:
                 failures[i] = failed("dst_exists", f"{dest} exists and was not written by "
                                      "datamill; it is left alone", type_="FileExistsError")
-            elif _placed(action, c.where[i], dest):
+            elif is_placed(action, c.where[i], dest):
                 already += 1
             else:  # ours, but of another action or an older version of the image
                 remove_output(dest)
@@ -568,10 +462,10 @@ class DedupJob(TreeJob):
             dest = self.dst.path / c.keys[i]
             try:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                copied_not_linked += _place(action, c.where[i], dest)
+                copied_not_linked += place_survivor(action, c.where[i], dest)
                 placed += 1
             except OSError as exc:
-                if _disk_full(exc):  # the next run removes the pending ones and resumes
+                if disk_full(exc):  # the next run removes the pending ones and resumes
                     ledger.drop_outputs([c.keys[j] for j in todo[n:] if j not in failures])
                     raise
                 failures[i] = failed_with(exc)
@@ -581,8 +475,8 @@ class DedupJob(TreeJob):
         self.result.update(placed=placed, already=already, unplaced=len(stale),
                            copied_not_linked=copied_not_linked)
 
-    def _record_outcomes(self, ledger: Any, everything: _Collection, present: np.ndarray,
-                         c: _Collection, plan: _Plan, failures: dict[int, Outcome]) -> None:
+    def _record_outcomes(self, ledger: Any, everything: Collection, present: np.ndarray,
+                         c: Collection, plan: Plan, failures: dict[int, Outcome]) -> None:
         """Mark each image in the ledger (redone from the hashes on every run): a kept or unique
         image is ok, a duplicate filtered (duplicate, duplicate_of_reference), an image whose
         copy, link or move failed failed (stage place); an image no longer anywhere is ok with
@@ -613,28 +507,30 @@ class DedupJob(TreeJob):
                             [everything.record(idx)]))
         ledger.update_outcomes(updates)
 
-    def _write_groups(self, c: _Collection, plan: _Plan) -> None:
+    def _write_groups(self, c: Collection, plan: Plan) -> None:
         idx = plan.grouped() if len(c) else np.zeros(0, np.int64)
+        # columns built from buffers: pyarrow's own conversion imports pandas (0.4 s)
         table = pa.table({
-            "group": pa.array(plan.groups[idx], pa.int64()),
-            "path": pa.array([c.keys[i] for i in idx], pa.string()),
-            "kept": pa.array(plan.survives[idx], pa.bool_()),
-            "distance": pa.array(plan.distance[idx], pa.int32()),
-            "hash": pa.array([to_hex(int(c.hashes[i])) for i in idx], pa.string()),
-            "sha256": pa.array([c.sha256[i] for i in idx], pa.string()),
-            "width": pa.array(c.width[idx], pa.int32()),
-            "height": pa.array(c.height[idx], pa.int32()),
-            "bytes": pa.array(c.size[idx], pa.int64()),
-            "moved_to": pa.array([c.moved_to[i] for i in idx], pa.string()),
+            "group": column(plan.groups[idx], pa.int64()),
+            "path": column([c.keys[i] for i in idx], pa.string()),
+            "kept": column(plan.survives[idx], pa.bool_()),
+            "distance": column(plan.distance[idx], pa.int32()),
+            "hash": column([to_hex(int(c.hashes[i])) for i in idx], pa.string()),
+            "sha256": column([c.sha256[i] for i in idx], pa.string()),
+            "width": column(c.width[idx], pa.int32()),
+            "height": column(c.height[idx], pa.int32()),
+            "bytes": column(c.size[idx], pa.int64()),
+            "moved_to": column([c.moved_to[i] for i in idx], pa.string()),
         })
         with self.dst.atomic_path(GROUPS) as tmp:
             pq.write_table(table, tmp)
 
-    def _write_report(self, c: _Collection, plan: _Plan) -> None:
-        from ..io.dedup_report import ReportGroup, ReportMember, write_dedup_report
+    def _write_report(self, c: Collection, plan: Plan) -> None:
+        from ...io.dedup_report import ReportGroup, ReportMember, write_dedup_report
         idx = plan.grouped() if len(c) else np.zeros(0, np.int64)
+        spool = self._spool or ThumbSpool(self.state_dir / SPOOL, THUMB_SIZE)
 
-        def report_groups() -> Iterator[ReportGroup]:
+        def report_groups() -> Iterator[ReportGroup]:  # thumbnails from the spool, not the files
             bounds = np.flatnonzero(np.diff(plan.groups[idx])) + 1
             for members in np.split(idx, bounds) if len(idx) else []:
                 members = sorted(members.tolist(), key=lambda i: (not plan.survives[i], i))
@@ -642,7 +538,8 @@ class DedupJob(TreeJob):
                     path=c.keys[i], source_path=c.where[i], kept=bool(plan.survives[i]),
                     distance=int(plan.distance[i]), width=int(c.width[i]),
                     height=int(c.height[i]), bytes=int(c.size[i]),
-                    phash_hex=to_hex(int(c.hashes[i])), moved_to=c.moved_to[i]) for i in members])
+                    phash_hex=to_hex(int(c.hashes[i])), moved_to=c.moved_to[i],
+                    thumbnail=spool.get(c.sha256[i])) for i in members])
 
         r = self.result
         summary = {"images": r["images"], "groups": r["groups"], "duplicates": r["duplicates"],
@@ -655,7 +552,10 @@ class DedupJob(TreeJob):
         path = Path(self.opts.report)
         with contextlib.nullcontext(Path()) if path.is_absolute() else self.dst.staged() as root:
             write_dedup_report(root / path, report_groups(), title=f"datamill dedup: {self.src}",
-                               summary=summary)
+                               summary=summary, thumb_size=THUMB_SIZE)
+        spool.keep_only(c.sha256[i] for i in idx)
+        spool.close()
+        self._spool = None
 
     def summary_lines(self, ledger: Any) -> list[str]:
         if not self.result:
@@ -701,47 +601,3 @@ class DedupJob(TreeJob):
         lines += self.walk_lines()
         return lines
 
-
-def _place(action: str, source: str, dest: Path) -> bool:
-    """Put a survivor at `dest` (free) by `action`; True when a hard link was impossible
-    across file systems (EXDEV) and it was copied instead."""
-    if action == "symlink":
-        os.symlink(os.path.abspath(source), dest)
-        return False
-    if action == "hardlink":
-        try:
-            os.link(source, dest)
-            return False
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-    with atomic_path(dest) as tmp:
-        shutil.copy2(source, tmp)
-    return action == "hardlink"
-
-
-def _placed(action: str, source: str, dest: Path) -> bool:
-    """Whether `dest` is already `source` placed by `action` (a hard link across file systems
-    is a copy)."""
-    try:
-        if action == "symlink":
-            return dest.is_symlink() and os.readlink(dest) == os.path.abspath(source)
-        if dest.is_symlink():
-            return False
-        a, b = dest.stat(), os.stat(source)
-    except OSError:
-        return False
-    same_file = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-    same_copy = not same_file and (a.st_size, a.st_mtime) == (b.st_size, b.st_mtime)
-    if action == "hardlink":
-        return same_file or (same_copy and a.st_dev != b.st_dev)
-    return same_copy
-def dedup(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> RunReport:
-    """Find exact and near-duplicate images under `src`; results, report and ledger in `dst`.
-    Takes every option of `datamill dedup --help` by its name (hash, threshold, keep, action,
-    move_to, report (None: no report), ..., workers, quiet, ...), with the same defaults.
-
-    >>> report = datamill.dedup("photos/", "dedup-out/", threshold=8, action="report")  # doctest: +SKIP
-    """
-    opts, run = split_flat([DedupOptions, RunOptions], options)
-    return run_job(DedupJob(src, dst, opts, opts.extensions), run)
