@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import tracemalloc
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -347,3 +349,187 @@ def test_browser_screenshot_is_not_blank(chromium, report, tmp_path):
     assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 200  # text, cards and thumbnails
     kept_outline = np.all(np.abs(shot.astype(int) - (0x1A, 0x7F, 0x4B)) <= 6, axis=-1)
     assert kept_outline.sum() > 500  # the first group's kept member is highlighted
+
+
+# --- the dedup job's report: thumbnails made by its workers after the hashing pass -------
+
+
+@pytest.fixture()
+def dup_collection(tmp_path) -> Path:
+    """Two groups (one with a byte-identical copy and an EXIF-rotated copy) and two loners."""
+    from datamill.testing.images import make_scene
+    src = tmp_path / "src"
+    src.mkdir()
+    for n in range(2):
+        data = make_scene(src / f"g{n}/original.jpg", seed=n)
+        (src / f"g{n}/copy.jpg").write_bytes(data)
+        Image.open(io.BytesIO(data)).resize((320, 240)).save(src / f"g{n}/half.jpg", quality=80)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned, upright like the original
+    Image.open(src / "g0/original.jpg").transpose(Image.Transpose.ROTATE_90).save(
+        src / "g0/turned.jpg", quality=90, exif=exif.tobytes())
+    make_scene(src / "alone/a.jpg", seed=100)
+    make_scene(src / "alone/b.jpg", seed=200)
+    return src
+
+
+def spool_rows(dst: Path) -> dict[str, tuple[int, int]]:
+    import sqlite3
+    db = sqlite3.connect(dst / "_datamill/thumbs.sqlite")
+    try:
+        return {sha: (w, h) for sha, w, h in db.execute("SELECT sha256, width, height FROM thumbs")}
+    finally:
+        db.close()
+
+
+def report_members(path: Path) -> dict[str, dict]:
+    _, pages = json_blobs(parse(path.read_text("utf-8")))
+    return {m["path"]: m for p in pages for g in p["groups"] for m in g["members"]}
+
+
+def watch_thumbnails(monkeypatch, log: Path) -> list[str]:
+    """Record every image the driver process opens with Pillow (returned list), and append
+    to `log` the pid and image count of every thumbnail task (workers are forked: they inherit
+    the wrappers and write to the file)."""
+    import datamill.jobs.dedup.job as job_module
+    driver, opened, real_open, real_make = os.getpid(), [], Image.open, job_module.make_thumbs
+
+    def open_(fp, *args, **kwargs):
+        if os.getpid() == driver:
+            opened.append(str(getattr(fp, "name", fp)))
+        return real_open(fp, *args, **kwargs)
+
+    def make_thumbs(task):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {len(task.images)}\n")
+        return real_make(task)
+
+    monkeypatch.setattr(Image, "open", open_)
+    monkeypatch.setattr(job_module, "make_thumbs", make_thumbs)
+    return opened
+
+
+def test_job_report_thumbnails_are_made_by_the_workers_for_grouped_images_only(
+        dup_collection, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import datamill
+    log = tmp_path / "thumb-tasks.log"
+    opened = watch_thumbnails(monkeypatch, log)
+    dst = tmp_path / "dst"
+    assert datamill.dedup(dup_collection, dst, workers=2, quiet=True).exit_code == 0
+    assert opened == []  # the driver never decoded an image: not to hash, not for the report
+    tasks = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert tasks and all(pid != os.getpid() for pid, _ in tasks)  # made in the workers
+
+    grouped = pq.read_table(dst / "groups.parquet").to_pylist()
+    assert {r["path"] for r in grouped} == {f"g{n}/{name}" for n in range(2)
+                                            for name in ("original.jpg", "copy.jpg", "half.jpg")} | {"g0/turned.jpg"}
+    # one thumbnail per distinct content in a group: the byte-identical copies share one
+    shas = {r["sha256"] for r in grouped}
+    assert len(shas) == len(grouped) - 2
+    assert set(spool_rows(dst)) == shas and sum(n for _, n in tasks) == len(shas)
+
+    members = report_members(dst / "report.html")
+    assert set(members) == {r["path"] for r in grouped}
+    for path, m in members.items():
+        thumb = decode_thumb(m["thumb"])
+        assert thumb.size == (m["tw"], m["th"]) == (160, 120), path  # upright, fitted in 160
+        source = Image.open(dup_collection / path).convert("RGB")
+        if path.startswith("g0/turned"):
+            source = source.transpose(Image.Transpose.ROTATE_270)
+        expect = np.asarray(source.resize((160, 120), Image.Resampling.BOX), dtype=float)
+        assert np.abs(np.asarray(thumb, dtype=float) - expect).mean() < 12, path  # the picture
+
+
+def test_job_report_rerun_makes_only_the_missing_thumbnails(dup_collection, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import datamill
+    dst, log = tmp_path / "dst", tmp_path / "thumb-tasks.log"
+    assert datamill.dedup(dup_collection, dst, workers=2, quiet=True, threshold=0).exit_code == 0
+    first = set(spool_rows(dst))
+    watch_thumbnails(monkeypatch, log)
+    assert datamill.dedup(dup_collection, dst, workers=2, quiet=True, threshold=8).exit_code == 0
+    shas = {r["sha256"] for r in pq.read_table(dst / "groups.parquet").to_pylist()}
+    made = sum(int(line.split()[1]) for line in log.read_text().splitlines())
+    assert first < shas and made == len(shas - first)  # the new members only
+    assert set(spool_rows(dst)) == shas
+    (dup_collection / "g1/half.jpg").unlink()  # its group shrinks to byte-identical copies
+    assert datamill.dedup(dup_collection, dst, workers=2, quiet=True, threshold=8).exit_code == 0
+    shas = {r["sha256"] for r in pq.read_table(dst / "groups.parquet").to_pylist()}
+    assert set(spool_rows(dst)) == shas  # those of images in no group are dropped
+    assert all("thumb" in m for m in report_members(dst / "report.html").values())
+
+
+def test_a_file_changed_after_hashing_gets_no_thumbnail_of_other_content(dup_collection):
+    from datamill.jobs.dedup.thumbs import ThumbTask, make_thumbs
+    path = dup_collection / "alone/a.jpg"
+    import hashlib
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    made = make_thumbs(ThumbTask(64, [(str(path), sha), (str(path), "0" * 64),
+                                      (str(dup_collection / "gone.jpg"), sha)]))
+    assert made[0][0] == sha and Image.open(io.BytesIO(made[0][1][0])).size == made[0][1][1:] == (64, 48)
+    assert "changed since it was hashed" in made[1][1]
+    assert made[2][1].startswith("cannot read")
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])
+def test_driver_killed_while_thumbnails_are_made_then_rerun(dup_collection, tmp_path, kill_at):
+    import pyarrow.parquet as pq
+    dst = tmp_path / "dst"
+    # kill -9 of the driver when the kill_at-th thumbnail task's result arrives
+    code = ("import os, signal\n"
+            "import datamill\n"
+            "from datamill.jobs.dedup import thumbs\n"
+            "put, n = thumbs.ThumbSpool.put, [0]\n"
+            "def killed(self, made):\n"
+            "    n[0] += 1\n"
+            f"    if n[0] == {kill_at}:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    put(self, made)\n"
+            "thumbs.ThumbSpool.put = killed\n"
+            "thumbs.TASK_IMAGES = 2\n"
+            f"datamill.dedup({str(dup_collection)!r}, {str(dst)!r}, quiet=True, workers=2)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -9, out.stderr
+    assert not (dst / "report.html").exists()
+    import datamill
+    assert datamill.dedup(dup_collection, dst, quiet=True, workers=2).exit_code == 0
+    manifest = pq.read_table(dst / "manifest.parquet").to_pylist()
+    assert sorted(r["key"] for r in manifest) == sorted(
+        p.relative_to(dup_collection).as_posix() for p in dup_collection.rglob("*.jpg"))  # each once
+    members = report_members(dst / "report.html")
+    assert len(members) == 7 and all("thumb" in m for m in members.values())
+    assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
+    deadline = time.monotonic() + 5
+    while live(str(dst)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not live(str(dst))
+
+
+def live(marker: str) -> list[int]:
+    """Processes other than this one whose command line names `marker` (forked workers carry
+    their driver's)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if marker in cmd and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def test_browser_renders_the_job_report_with_its_thumbnails(chromium, dup_collection, tmp_path):
+    import datamill
+    dst = tmp_path / "dst"
+    assert datamill.dedup(dup_collection, dst, workers=2, quiet=True).exit_code == 0
+    dom = run_chromium(chromium, tmp_path, (dst / "report.html").resolve().as_uri(), "--dump-dom")
+    page = parse(dom)
+    assert sorted(len(m) for _, m in page.groups) == [3, 4]
+    assert dom.count("<img ") == 7 and 'class="thumb missing"' not in dom
