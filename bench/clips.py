@@ -5,8 +5,8 @@ on generated 1080p H.264 (x264, B-frames, long GOPs), cut into 64-frame clips at
 
 Corpus parts (`--only long,long720` runs just those): short (6 x 300 @1080p), long (1 x 1800
 @1080p), long720 (issue 14's video: 1 x 1500 @720p, 3 B-frames, GOP 250, open GOP, scene
-cuts: 6 keyframes) and short720 (4 x 300 @720p, encoded the same way: the many-short-videos
-CPU per frame the long one is held to).
+cuts: 6 keyframes) and short720 (5 x 300 @720p: the same scenes in 5 files, encoded the same
+way: the many-short-videos CPU per frame the long one is held to).
 
 Every method runs in a fresh Python process (so no method inherits another's memory), its
 time measured inside that process from starting its workers to the last output written.
@@ -63,7 +63,7 @@ PSNR_EVERY = {"short": 8, "long": 16, "long720": 16, "short720": 8}
 # scenes (the picture's colours permuted) change at SCENES (fractions of the video).
 ENCODING_720 = {"fps": 30, "gop": 250, "bframes": 3}
 SIZE_720 = (1280, 720)
-LONG_720, SHORT_720 = 1500, (4, 300)
+LONG_720, SHORT_720 = 1500, (5, 300)  # the short ones: the long one's scenes, in 5 files
 SCENES = (500 / 1500, 1000 / 1500)  # on GOP ends: 6 keyframes in the long one, as in the issue
 PSNR_VIDEOS = 2  # short videos compared
 QUIET_WAIT = (120.0, 20.0)  # seconds: in all, before one run (waiting for other work to stop)
@@ -89,14 +89,16 @@ def corpus(workdir: Path, quick: bool) -> dict:
     }
 
 
-def make_scene_video(job: tuple[str, int]) -> str:
-    """A 720p H.264 video with open GOPs and scene cuts (x264 places keyframes there too)."""
+def make_scene_video(job: tuple[str, int, int]) -> str:
+    """A 720p H.264 video with open GOPs and scene cuts (x264 places keyframes there too):
+    `frames` frames numbered from 0, whose scenes are those of the long video's frames from
+    `first` on."""
     import av
     import numpy as np
 
     from datamill.testing.videos import draw_frame
-    path, frames = job
-    cuts = [round(f * frames) for f in SCENES]
+    path, frames, first = job
+    cuts = [round(f * LONG_720) for f in SCENES]
     perms = [(0, 1, 2), (2, 0, 1), (1, 2, 0)]
     tmp = Path(path).with_name(".tmp-" + Path(path).name)
     w, h = SIZE_720
@@ -106,7 +108,7 @@ def make_scene_video(job: tuple[str, int]) -> str:
         stream = out.add_stream("libx264", rate=ENCODING_720["fps"], options=opts)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for n in range(frames):
-            scene = sum(n >= c for c in cuts)
+            scene = sum(first + n >= c for c in cuts)
             img = np.ascontiguousarray(draw_frame(n, w, h)[..., perms[scene % len(perms)]])
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts = n
@@ -124,15 +126,16 @@ def corpus_720(workdir: Path) -> dict:
     long_path = root / "long720" / "long.mp4"
     shorts = [root / "short720" / f"cam{i:02d}.mp4" for i in range(SHORT_720[0])]
     marker = root / "corpus.json"
-    videos = [(long_path, LONG_720)] + [(p, SHORT_720[1]) for p in shorts]
+    videos = [(long_path, LONG_720, 0)] + [(p, SHORT_720[1], i * SHORT_720[1])
+                                           for i, p in enumerate(shorts)]
     if not (marker.exists() and json.loads(marker.read_text()) == wanted
-            and all(p.exists() for p, _ in videos)):
+            and all(p.exists() for p, _, _ in videos)):
         shutil.rmtree(root, ignore_errors=True)
-        for p, _ in videos:
+        for p, _, _ in videos:
             p.parent.mkdir(parents=True, exist_ok=True)
         print(f"generating the 720p corpus in {root} (once) ...", flush=True)
         with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-            list(pool.imap_unordered(make_scene_video, [(str(p), n) for p, n in videos]))
+            list(pool.imap_unordered(make_scene_video, [(str(p), n, f) for p, n, f in videos]))
         marker.write_text(json.dumps(wanted))
     from datamill.media.video import probe_video
     keyframes = len(probe_video(long_path).keyframes)
@@ -232,7 +235,23 @@ METHODS = {
     "ceiling": run_ceiling,
     "datamill": run_datamill,
     "datamill-copy": lambda src, dst: run_datamill(src, dst, codec="copy"),
+    "datamill-ref": run_datamill,  # the same, with another commit's src first on sys.path
 }
+
+
+def ref_source(workdir: Path, ref: str) -> Path:
+    """Commit `ref`'s src/ folder, extracted once under workdir (for --compare)."""
+    import subprocess
+    repo = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", ref], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    root = workdir / f"clips-src-{commit}"
+    if not (root / "src" / "datamill").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
+    return root / "src"
 
 
 def child(method: str, src: str, dst: str) -> None:
@@ -447,6 +466,9 @@ def main() -> None:
                     help="where the corpus (cached) and the outputs go")
     ap.add_argument("--only", default=",".join(PARTS),
                     help=f"comma-separated corpus parts to run (of {', '.join(PARTS)})")
+    ap.add_argument("--compare", metavar="REF",
+                    help="also run datamill as of git commit REF (its src/ first on sys.path), "
+                    "interleaved with the others: a row 'datamill @REF' per part")
     ap.add_argument("--child", nargs=3, metavar=("METHOD", "SRC", "DST"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -458,6 +480,11 @@ def main() -> None:
     if set(only) - set(PARTS):
         ap.error(f"--only: unknown parts {sorted(set(only) - set(PARTS))}; choose from {PARTS}")
     rows_run = [r for r in ROWS if r[0] in only]
+    ref_src = None
+    if args.compare:
+        ref_src = ref_source(workdir, args.compare)
+        rows_run = [x for r in rows_run for x in ([r] if r[1] != "datamill" else
+                    [r, (r[0], "datamill-ref", f"datamill clips @{args.compare}, 2 workers")])]
     data = corpus(workdir, args.quick)
     if {"short720", "long720"} & set(only):
         data.update(corpus_720(workdir))
@@ -487,7 +514,17 @@ def main() -> None:
             dst = out_root / part / method
             wait_budget -= wait_until_quiet(min(QUIET_WAIT[1], max(0.0, wait_budget)))
             try:
-                res = run_child([me, "--child", method, str(data[part]["src"]), str(dst)], timeout=1800)
+                env_path = os.environ.get("PYTHONPATH")
+                if method == "datamill-ref":  # the child imports datamill from the other commit
+                    os.environ["PYTHONPATH"] = str(ref_src)
+                try:
+                    res = run_child([me, "--child", method, str(data[part]["src"]), str(dst)],
+                                    timeout=1800)
+                finally:
+                    if env_path is None:
+                        os.environ.pop("PYTHONPATH", None)
+                    else:
+                        os.environ["PYTHONPATH"] = env_path
             except Exception as exc:  # a method that does not run is reported, not fatal
                 errors[(part, method)] = str(exc).strip().splitlines()[-1][:200]
                 print(f"  {part}/{method}: FAILED: {errors[(part, method)]}", flush=True)

@@ -170,6 +170,60 @@ def test_long_video_is_split_into_ranges_with_exact_frames(tmp_path):
         assert read_frame_number(frames[-1]) == r["clip_index"] * 25 + 19
 
 
+def open_gop_video(path: Path, frames: int, gop: int, size=SMALL) -> Path:
+    """H.264 with 3 B-frames, open GOPs and keyframes only every `gop` frames."""
+    from datamill.testing.videos import draw_frame
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=25, options={
+            "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "bf": "3",
+            "preset": "veryfast", "x264-params": "open-gop=1"})
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
+        for n in range(frames):
+            frame = av.VideoFrame.from_ndarray(draw_frame(n, *size), format="rgb24")
+            frame.pts = n
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_long_video_with_few_keyframes_is_cut_by_several_workers_frame_exact(tmp_path):
+    """600 frames, 3 keyframes: with 3 workers most tasks start within a GOP (they decode
+    from the keyframe before and throw the frames before their first clip away); the clips
+    are frame-exact and decode to the same frames as with one worker."""
+    from datamill.media.video import plan_clip_tasks, probe_video
+    source = open_gop_video(tmp_path / "src" / "long.mp4", frames=600, gop=250)
+    info = probe_video(source)
+    assert info.keyframes == (0, 250, 500)
+    tasks = {w: plan_clip_tasks(info, frames=16, workers=w) for w in (1, 3)}
+    assert len(tasks[3]) > len(tasks[1]) > 1
+    within_gop = [t for t in tasks[3] if t.clips[0].start_frame - t.seek_frame >= 16]
+    assert len(within_gop) >= 3, "tasks start past a whole clip after their keyframe"
+    runs = {}
+    for workers in (3, 1):
+        for fmt in ("mp4", "npy"):
+            dst = tmp_path / f"{fmt}-{workers}"
+            report = datamill.clips(tmp_path / "src", dst, frames=16, size=(80, 60), format=fmt,
+                                    workers=workers, quiet=True)
+            assert report.exit_code == 0
+            rows = manifest(dst)
+            assert len({r["key"] for r in rows}) == len(tasks[workers])
+            assert [r["clip_index"] for r in rows] == list(range(600 // 16 + 1))
+            runs[fmt, workers] = rows
+    for r in runs["mp4", 3]:  # clip k holds source frames 16k .. 16k + 15, every one
+        frames = decode(tmp_path / "mp4-3" / r["path"])
+        start = r["clip_index"] * 16
+        assert r["first_frame"] == start and len(frames) == r["frame_count"] == min(16, 600 - start)
+        assert [read_frame_number(f) for f in frames] == list(range(start, start + len(frames)))
+    for a, b in zip(runs["npy", 3], runs["npy", 1], strict=True):
+        assert a["path"] == b["path"]
+        assert np.array_equal(np.load(tmp_path / "npy-3" / a["path"]),
+                              np.load(tmp_path / "npy-1" / b["path"]))
+    for a, b in zip(runs["mp4", 3], runs["mp4", 1], strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(
+            decode(tmp_path / "mp4-3" / a["path"]), decode(tmp_path / "mp4-1" / b["path"]), strict=True))
+
+
 def test_rerun_redoes_only_unfinished_ranges(tmp_path):
     src = tmp_path / "src"
     make_video(src / "v.mp4", frames=120, size=SMALL, gop=10)

@@ -167,6 +167,47 @@ def test_plan_groups_tasks_at_keyframes() -> None:
     assert all(t.seek_frame == t.clips[0].start_frame for t in tasks)
 
 
+def test_plan_long_video_for_workers_keyframe_aligned() -> None:
+    """1,500 frames with keyframes every 250: tasks of about 1500 / (4 x workers) frames, each
+    starting just after a keyframe, the clips the same as without workers."""
+    keyframes = tuple(range(0, 1500, 250))
+    info = fake_info(1500, keyframes)
+    alone = plan_clip_tasks(info, frames=64)
+    assert len(alone) == 3
+    tasks = plan_clip_tasks(info, frames=64, workers=2)  # target 188: one GOP each
+    assert starts_and_counts(tasks) == starts_and_counts(alone)
+    assert [(t.seek_frame, t.clips[0].start_frame) for t in tasks] == [
+        (0, 0), (250, 256), (500, 512), (750, 768), (1000, 1024), (1250, 1280)]
+    assert all(t.end_frame - t.clips[0].start_frame >= 188 for t in tasks[:-1])
+    # Many workers: tasks of two clips, most starting within a GOP (decoding from the keyframe
+    # before, never more than a GOP and a task back).
+    tasks = plan_clip_tasks(info, frames=64, workers=8)
+    assert starts_and_counts(tasks) == starts_and_counts(alone)
+    assert len(tasks) == 12 and all(len(t.clips) == 2 for t in tasks[:-1])
+    for t in tasks:
+        first = t.clips[0].start_frame
+        assert t.seek_frame == max(k for k in keyframes if k <= first)
+        assert first - t.seek_frame < 250
+    assert sum(t.clips[0].start_frame - t.seek_frame >= 64 for t in tasks) >= 4
+
+
+def test_plan_few_keyframes_and_short_videos() -> None:
+    # One keyframe in 1,500 frames: tasks close at twice the target, each decoding from frame 0.
+    tasks = plan_clip_tasks(fake_info(1500, (0,)), frames=64, workers=2)
+    assert [t.clips[0].start_frame for t in tasks] == [0, 384, 768, 1152]
+    assert {t.seek_frame for t in tasks} == {0}
+    # Videos of at most task_frames frames stay one task, whatever the worker count.
+    for frames in (300, 512):
+        info = fake_info(frames, tuple(range(0, frames, 30)))
+        for workers in (None, 1, 2, 64):
+            assert len(plan_clip_tasks(info, frames=64, workers=workers)) == 1
+    # One minute on 64 workers: a clip per task (the target is at least one clip).
+    tasks = plan_clip_tasks(fake_info(1800, tuple(range(0, 1800, 30))), frames=64, workers=64)
+    assert [len(t.clips) for t in tasks] == [1] * 29
+    assert [t.seek_frame for t in tasks] == [max(k for k in range(0, 1800, 30) if k <= s)
+                                             for s in range(0, 1800, 64)]
+
+
 def test_plan_with_fps_resampling() -> None:
     info = fake_info(100, (0, 25, 50, 75))  # 4 s at 25 fps
     assert resampled_frame_count(info, 10) == 40
