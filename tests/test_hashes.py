@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import subprocess
+import sys
 import time
 
 import imagehash
@@ -381,3 +383,20 @@ def test_hex_round_trip_matches_imagehash():
         assert from_hex(to_hex(value)) == value
     with pytest.raises(ValueError):
         from_hex("abc")
+
+
+def test_phash_batch_is_scipy_fftpack_bit_for_bit_without_importing_scipy_fft():
+    code = ("import sys, numpy as np\n"
+            "from datamill.media.hashes import phash_batch, _pack_bits, _median64\n"
+            "rng = np.random.default_rng(0)\n"
+            "g = rng.integers(0, 256, (300, 32, 32)).astype(np.float64)\n"
+            "g[:100] = 7.0\n"  # blank pictures: coefficients tie at the median
+            "g[100:200] += g[100:200, :, ::-1]\n"  # mirror-symmetric ones: exact zeros
+            "ours = phash_batch(g)\n"
+            "print('scipy.fft' in sys.modules, 'scipy.special' in sys.modules)\n"
+            "import scipy.fftpack\n"  # afterwards, scipy's own import still works
+            "low = scipy.fftpack.dct(scipy.fftpack.dct(g, axis=1)[:, :8, :], axis=2)[:, :, :8]\n"
+            "print(bool((ours == _pack_bits(low.reshape(300, 64) > _median64(low.reshape(300, 64)))).all()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "True"]
