@@ -7,6 +7,8 @@ data; only the death of a whole worker (or its deadline) is seen by the driver a
 from __future__ import annotations
 
 import errno
+import functools
+import time
 import traceback as tb
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -117,6 +119,12 @@ class TaskRunner:
     `task.advance()` as items finish so progress moves during long tasks.  `task.id` is unique
     within a job folder, across runs, so it can name shards.
 
+    Or `stream_fn(tasks)` (a `TaskStream`): one call serves a worker's tasks, several at once,
+    each finished with `tasks.done(task, results)` when its own items are (a download whose
+    next shard starts while the last URLs of the current one run).  The local executor calls
+    it once per worker; elsewhere (serial, ray) it is called once per task, with a stream of
+    that task alone.
+
     `initializer(*initargs)` runs once per worker process before its first task (load a model,
     open a resource).  With `status` (its worker's `WorkerStatus`, engine/executors/base.py)
     the runner publishes which item it is on and since when, so the driver can enforce
@@ -126,11 +134,13 @@ class TaskRunner:
 
     def __init__(self, fn: Callable[[Any], Any] | None = None,
                  initializer: Callable[..., Any] | None = None, initargs: Sequence[Any] = (),
-                 *, batch_fn: Callable[["TaskContext", list], list] | None = None):
-        if (fn is None) == (batch_fn is None):
-            raise ValueError("give either fn or batch_fn")
+                 *, batch_fn: Callable[["TaskContext", list], list] | None = None,
+                 stream_fn: Callable[["TaskStream"], None] | None = None):
+        if sum(f is not None for f in (fn, batch_fn, stream_fn)) != 1:
+            raise ValueError("give one of fn, batch_fn or stream_fn")
         self.fn = fn
-        self.batch_fn = batch_fn
+        self.stream_fn = stream_fn
+        self.batch_fn = batch_fn if stream_fn is None else functools.partial(_one_task, stream_fn)
         self.initializer = initializer
         self.initargs = tuple(initargs)
 
@@ -174,19 +184,24 @@ class TaskRunner:
 
 
 class TaskContext:
-    """What a batch function knows of its task: its id, and a way to report progress."""
+    """What a batch function knows of its task: its id, and a way to report progress.
 
-    __slots__ = ("id", "_status", "done")
+    `current` is False for a task a stream runs beside its worker's oldest one: its progress
+    counts in the outcomes but not in the status of the task the driver watches."""
 
-    def __init__(self, task_id: int, status: WorkerStatus | None = None):
+    __slots__ = ("id", "_status", "done", "current", "started")
+
+    def __init__(self, task_id: int, status: WorkerStatus | None = None, current: bool = True):
         self.id = task_id
         self._status = status
         self.done = 0
+        self.current = current
+        self.started = time.monotonic()
 
     def start(self, index: int) -> None:
         """Say that item `index` of the task runs now: a crash or a deadline then costs that
         item alone (as with a per-item `fn`), not the whole task."""
-        if self._status is not None:
+        if self._status is not None and self.current:
             self._status.begin_item(index)
 
     def advance(self, n: int = 1, outcome: str | None = None, nbytes: int = 0) -> None:
@@ -194,9 +209,56 @@ class TaskContext:
         `nbytes` let the progress line show the success rate and MB/s as they happen."""
         self.done += n
         if self._status is not None:
-            self._status.set_done(self.done)
+            if self.current:
+                self._status.set_done(self.done)
             if outcome is not None:
                 self._status.add_outcomes(outcome == OK, n, nbytes)
+
+
+class TaskStream:
+    """The tasks of one worker, for a runner that overlaps them (`TaskRunner(stream_fn=...)`).
+
+    `next()` blocks until the worker's next task, (TaskContext, payloads), and returns None
+    when there are no more (the stream function then finishes the tasks it holds and
+    returns).  Asking while tasks are still open tells the driver that this worker can take
+    one more now.  `done(task, results)` sends a task's outcomes (one per item) as soon as
+    its own items are finished, in any order.  `next` may be called from another thread
+    than `done`.
+
+        def serve(tasks):                       # one task at a time, as batch_fn would
+            while (task := tasks.next()) is not None:
+                ctx, payloads = task
+                tasks.done(ctx, [ok(p) for p in payloads])
+    """
+
+    def next(self) -> tuple[TaskContext, list] | None:
+        raise NotImplementedError
+
+    def done(self, task: TaskContext, results: list) -> None:
+        raise NotImplementedError
+
+
+class _OneTask(TaskStream):
+    """A stream of one task (executors that run a task per call: serial, ray)."""
+
+    def __init__(self, task: TaskContext, payloads: list):
+        self._task: tuple[TaskContext, list] | None = (task, payloads)
+        self.results: list | None = None
+
+    def next(self) -> tuple[TaskContext, list] | None:
+        task, self._task = self._task, None
+        return task
+
+    def done(self, task: TaskContext, results: list) -> None:
+        self.results = results
+
+
+def _one_task(stream_fn: Callable[[TaskStream], None], task: TaskContext, payloads: list) -> list:
+    stream = _OneTask(task, payloads)
+    stream_fn(stream)
+    if stream.results is None:
+        raise RuntimeError("the stream function returned without finishing its task")
+    return stream.results
 
 
 def ok(records: Any) -> Outcome:

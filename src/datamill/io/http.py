@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timezone
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, AsyncIterable, AsyncIterator, Iterable, Union
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Union
 
 import aiohttp
 import aiohttp.connector
@@ -50,6 +50,7 @@ from ..options import Options, option
 __all__ = [
     "FetchOptions",
     "FetchResult",
+    "Fetcher",
     "fetch_many",
     "fetch_all",
     "parse_retry_after",
@@ -447,6 +448,64 @@ def _session(opts: FetchOptions) -> aiohttp.ClientSession:
     )
 
 
+class Fetcher:
+    """One session (keep-alive connections, DNS cache), host limiter and retry jitter for
+    any number of URLs, started one by one: a caller that fetches for several batches at
+    once (a download worker's shards) shares one connection pool between them.
+
+    `start(key, url, on_done)` begins a fetch and calls ``on_done(result)`` in the event
+    loop when it ends; the caller bounds how many run at once (`concurrency`).  Leaving
+    the ``async with`` block cancels the fetches still running and closes the session.
+
+    Example::
+
+        async with Fetcher(FetchOptions(timeout=5)) as fetcher:
+            fetcher.start(0, "http://127.0.0.1:8000/a.jpg", print)
+            print(await fetcher.fetch(1, "http://127.0.0.1:8000/b.jpg"))
+    """
+
+    def __init__(self, opts: FetchOptions | None = None):
+        self.opts = opts or FetchOptions()
+        self._session: aiohttp.ClientSession | None = None
+        self._limiter = _HostLimiter(self.opts.per_host)
+        self._rng = random.Random()
+        self._running: set[asyncio.Task[FetchResult]] = set()
+
+    async def __aenter__(self) -> "Fetcher":
+        self._session = _session(self.opts)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        running, self._running = self._running, set()
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def start(self, key: Any, url: str, on_done: Callable[[FetchResult], None]) -> None:
+        """Fetch `url` in the background; `on_done(result)` runs when it ends (not when
+        it is cancelled)."""
+        assert self._session is not None, "use Fetcher in `async with`"
+        task = asyncio.get_running_loop().create_task(
+            _fetch_one(self._session, self._limiter, key, url, self.opts, self._rng))
+        self._running.add(task)
+
+        def finished(t: asyncio.Task[FetchResult]) -> None:
+            self._running.discard(t)
+            if not t.cancelled():
+                on_done(t.result())
+
+        task.add_done_callback(finished)
+
+    async def fetch(self, key: Any, url: str) -> FetchResult:
+        """Fetch one URL and return its result."""
+        future: asyncio.Future[FetchResult] = asyncio.get_running_loop().create_future()
+        self.start(key, url, future.set_result)
+        return await future
+
+
 async def fetch_many(requests: Requests, opts: FetchOptions | None = None) -> AsyncIterator[FetchResult]:
     """Fetch ``(key, url)`` pairs concurrently, yielding results as they complete.
 
@@ -471,14 +530,12 @@ async def fetch_many(requests: Requests, opts: FetchOptions | None = None) -> As
     else:
         async_source = None
         sync_source = iter(requests)
-    session = _session(opts)
-    limiter = _HostLimiter(opts.per_host)
-    rng = random.Random()
-    in_flight: set[asyncio.Task[FetchResult]] = set()
+    finished: asyncio.Queue[FetchResult] = asyncio.Queue()
+    in_flight = 0
     exhausted = False
-    try:
+    async with Fetcher(opts) as fetcher:
         while True:
-            while not exhausted and len(in_flight) < opts.concurrency:
+            while not exhausted and in_flight < opts.concurrency:
                 try:
                     if async_source is not None:
                         key, url = await async_source.__anext__()
@@ -487,20 +544,13 @@ async def fetch_many(requests: Requests, opts: FetchOptions | None = None) -> As
                 except (StopIteration, StopAsyncIteration):
                     exhausted = True
                     break
-                in_flight.add(asyncio.create_task(
-                    _fetch_one(session, limiter, key, url, opts, rng)))
+                fetcher.start(key, url, finished.put_nowait)
+                in_flight += 1
             if not in_flight:
                 return
-            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                in_flight.discard(task)
-                yield task.result()
-    finally:
-        for task in in_flight:
-            task.cancel()
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)
-        await session.close()
+            result = await finished.get()
+            in_flight -= 1
+            yield result
 
 
 def fetch_all(requests: Requests, opts: FetchOptions | None = None) -> list[FetchResult]:

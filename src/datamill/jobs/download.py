@@ -7,15 +7,23 @@ groups them into tasks of `shard_size` rows; a worker fetches a task's URLs conc
 and writes the task's shard, named by the task id, so that URLs retried later land in new
 shards after the existing ones.  The shard is the task's declared output: the engine removes
 it if the task never commits, so each URL is in exactly one shard.
+
+A worker keeps `--concurrency` URLs in flight across its shards (`serve_shards`, a stream
+runner): once every URL of its shard has started, it takes its next task and starts that
+one's URLs beside the last ones of the first, so a slow or never-ending URL at the end of a
+shard idles nothing until its deadline.  A shard is written and reported as soon as its own
+URLs are done; a worker holds at most two open shards.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -26,8 +34,8 @@ from ..engine.job import Item, Job, chunked
 from ..engine.keys import ContentKeys
 from ..engine.run import RunOptions, RunReport, run_job
 from ..engine.dst import Dst
-from ..engine.task import TaskContext, TaskRunner, failed, filtered, ok
-from ..io.http import FetchOptions, FetchResult, fetch_many
+from ..engine.task import TaskContext, TaskRunner, TaskStream, failed, failed_with, filtered, ok
+from ..io.http import FetchOptions, FetchResult, Fetcher
 from ..io.shards import SHARD_FORMATS, completes_record, open_shard_writer, shard_name
 from ..io.sources import SourceError, count_rows, list_format_option, read_rows, sniff_format
 from ..media.image import ImageOptions, process_image
@@ -65,40 +73,137 @@ class DownloadOptions(Options):
                               "the list")
 
 
-def download_shard(opts: DownloadOptions, dst: Dst, task: TaskContext, payloads: list) -> list:
-    """Run in a worker: fetch, check and store one task's URLs as shard `task.id` (in DST, or
-    in a local folder uploaded to a URL DST when the shard is complete)."""
-    with dst.staged(last=completes_record) as root:
-        return fill_shard(opts, str(root), task, payloads)
+class _Shard:
+    """One task's shard being filled: its outcomes so far and what is still running."""
+
+    def __init__(self, opts: DownloadOptions, dst: Dst, task: TaskContext, payloads: list):
+        self.task, self.payloads = task, payloads
+        self.results: list[Any] = [None] * len(payloads)
+        self.requests: list[tuple[int, str]] = []
+        for i, (key, row, url, caption, kept, error) in enumerate(payloads):
+            if error is not None:
+                self.results[i] = failed("bad_row", error)
+                task.advance(outcome=self.results[i].status)
+            else:
+                self.requests.append((i, url or ""))
+        self.running = len(self.requests)  # URLs not finished
+        self.ended = False
+        self._staged = contextlib.ExitStack()
+        root = self._staged.enter_context(dst.staged(last=completes_record))
+        try:
+            self.writer = open_shard_writer(opts.output_format, str(root), task.id)
+        except BaseException:
+            self._staged.close()
+            raise
+
+    def store(self, opts: DownloadOptions, fetched: FetchResult) -> None:
+        i = fetched.key
+        self.results[i] = store_image(opts, self.writer, self.task.id, self.payloads[i], fetched)
+        self.running -= 1
+        self.task.advance(outcome=self.results[i].status, nbytes=len(fetched.body or b""))
+
+    def close(self) -> list:
+        """Write the shard (none without an image) and return its outcomes."""
+        with self._staged:
+            if self.writer.count:
+                self.writer.close()
+            else:
+                self.writer.abort()
+        return self.results
+
+    def abort(self) -> None:
+        self.writer.abort()
+        self._staged.__exit__(RuntimeError, RuntimeError("aborted"), None)  # no upload
 
 
-def fill_shard(opts: DownloadOptions, dst: str, task: TaskContext, payloads: list) -> list:
-    """Fetch, check and store one task's URLs as shard `task.id` in the local folder `dst`."""
-    results: list[Any] = [None] * len(payloads)
-    requests = []
-    for i, (key, row, url, caption, kept, error) in enumerate(payloads):
+def serve_shards(opts: DownloadOptions, dst: Dst, tasks: TaskStream) -> None:
+    """Run in a worker (a stream runner): fetch, check and store each task's URLs as shard
+    `task.id`, in DST or in a local folder uploaded to a URL DST when the shard is
+    complete, starting the next task's URLs as soon as the current one's have all started."""
+    asyncio.run(_serve(opts, dst, tasks))
+
+
+async def _serve(opts: DownloadOptions, dst: Dst, tasks: TaskStream) -> None:
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()  # ("task", task or None) | ("url", shard, result)
+    wanted = threading.Semaphore(0)
+
+    def read_tasks() -> None:  # the blocking reads of the task queue, one per `wanted`
+        while True:
+            wanted.acquire()
+            task = tasks.next()
+            loop.call_soon_threadsafe(events.put_nowait, ("task", task))
+            if task is None:
+                return
+
+    threading.Thread(target=read_tasks, name="datamill-next-shard", daemon=True).start()
+    shards: list[_Shard] = []  # open, oldest first: at most two
+    feeding: Iterator[tuple[_Shard, int, str]] = iter(())  # URLs of the newest shard to start
+    all_started, asked, ended, in_flight = True, True, False, 0
+    wanted.release()
+
+    def end_shard(shard: _Shard, error: BaseException | None = None) -> None:
+        shards.remove(shard)
+        shard.ended = True
+        if error is None:
+            try:
+                results = shard.close()
+            except Exception as exc:  # noqa: BLE001 - a shard that cannot be written
+                error = exc
         if error is not None:
-            results[i] = failed("bad_row", error)
-            task.advance(outcome=results[i].status)
-        else:
-            requests.append((i, url or ""))
-    writer = open_shard_writer(opts.output_format, dst, task.id)
+            shard.abort()
+            results = [failed_with(error)] * len(shard.payloads)
+        tasks.done(shard.task, results)
 
-    async def fetch_and_store() -> None:
-        async for fetched in fetch_many(requests, opts.fetch):
-            results[fetched.key] = store_image(opts, writer, task.id, payloads[fetched.key], fetched)
-            task.advance(outcome=results[fetched.key].status, nbytes=len(fetched.body or b""))
+    async with Fetcher(opts.fetch) as fetcher:
+        try:
+            while shards or not ended:
+                while not all_started and in_flight < opts.fetch.concurrency:
+                    started = next(feeding, None)
+                    if started is None:
+                        all_started = True
+                    elif not started[0].ended:
+                        shard, i, url = started
+                        fetcher.start(i, url, functools.partial(_fetched, events, shard))
+                        in_flight += 1
+                if all_started and not asked and not ended and len(shards) < 2:
+                    asked = True  # every URL has started: the next task's may start too
+                    wanted.release()
+                event = await events.get()
+                if event[0] == "task":
+                    asked = False
+                    if event[1] is None:
+                        ended = True
+                        continue
+                    task, payloads = event[1]
+                    try:
+                        shard = _Shard(opts, dst, task, payloads)
+                    except Exception as exc:  # noqa: BLE001 - its items fail, the worker goes on
+                        tasks.done(task, [failed_with(exc)] * len(payloads))
+                        continue
+                    shards.append(shard)
+                    feeding = ((shard, i, url) for i, url in shard.requests)
+                    all_started = False
+                else:
+                    shard, fetched = event[1], event[2]
+                    in_flight -= 1
+                    if shard.ended:  # its shard failed as a whole
+                        continue
+                    try:
+                        shard.store(opts, fetched)
+                    except Exception as exc:  # noqa: BLE001 - the whole shard fails
+                        end_shard(shard, exc)
+                        continue
+                if shard.running == 0:
+                    end_shard(shard)
+        except BaseException:
+            for shard in shards:
+                shard.abort()
+            raise
 
-    try:
-        asyncio.run(fetch_and_store())
-    except BaseException:
-        writer.abort()
-        raise
-    if writer.count:
-        writer.close()
-    else:
-        writer.abort()  # no image in this task: no empty shard
-    return results
+
+def _fetched(events: asyncio.Queue, shard: _Shard, fetched: FetchResult) -> None:
+    events.put_nowait(("url", shard, fetched))
 
 
 def store_image(opts: DownloadOptions, writer: Any, shard: int, payload: tuple,
@@ -204,13 +309,14 @@ class DownloadJob(Job):
         return ["failed_urls.txt"]
 
     def runner(self) -> TaskRunner:
-        return TaskRunner(batch_fn=functools.partial(download_shard, self.opts, self.dst))
+        return TaskRunner(stream_fn=functools.partial(serve_shards, self.opts, self.dst))
 
     def task_timeout(self, item_timeout: float | None) -> float | None:
         """A backstop for a whole shard (each URL has its own total deadline)."""
         f = self.opts.fetch
         per_url = f.timeout * (f.retries + 1) + f.retries * max(f.max_backoff, f.max_retry_after)
-        return math.ceil(self.opts.shard_size / f.concurrency) * per_url + 120
+        # + 1: a shard may start while the last URLs of the one before hold its worker's slots
+        return (math.ceil(self.opts.shard_size / f.concurrency) + 1) * per_url + 120
 
     def reports(self, ledger: Any) -> None:
         with self.dst.atomic_path("failed_urls.txt") as tmp, open(tmp, "w", encoding="utf-8") as f:

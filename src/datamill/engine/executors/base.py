@@ -181,6 +181,13 @@ class WorkerStatus:
     def end_task(self) -> None:
         self.array[self.base + self.TASK] = -1
 
+    def resume_task(self, task_id: int, since: float, done: int) -> None:
+        """A task that ran beside the one that just ended is now the one watched: it
+        started at `since` and has `done` items finished (a stream runner's overlap)."""
+        a, b = self.array, self.base
+        a[b + self.DONE], a[b + self.ITEM], a[b + self.SINCE] = done, -1, since
+        a[b + self.TASK] = task_id
+
     def begin_item(self, index: int) -> None:
         """Item `index` of the task runs from now (-1: the whole batch, no item named)."""
         array, base = self.array, self.base

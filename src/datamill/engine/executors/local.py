@@ -6,6 +6,12 @@ affected, and a new worker takes its place.  Workers publish the item they are o
 shared array (`WorkerStatus`); the driver uses it to kill an item that runs past its
 deadline and to name the item that was running when a worker died.
 
+A stream runner (`TaskRunner(stream_fn=...)`) is called once per worker and takes its tasks
+itself (`_WorkerStream`): when it asks for the next task while one is still open, the worker
+tells the driver ("ready"), which may then give it one task more than it holds (never more
+than two), so that a worker can start its next task while the last items of the current one
+run.  Results may then come back in any order.
+
 Workers are forked, so the user's function and initializer need not be picklable (a lambda
 works); task payloads and results are pickled.
 
@@ -31,7 +37,8 @@ from collections import deque
 from multiprocessing.connection import wait
 from typing import Any, Sequence
 
-from ..task import Crash, Done, TaskRunner, failed_with
+from ..fault import fault
+from ..task import Crash, Done, TaskContext, TaskRunner, TaskStream, failed_with
 from .base import (Executor, WorkerInitError, WorkerStatus, default_workers, dumps, dumps_results,
                    dumps_task)
 
@@ -88,6 +95,9 @@ def _worker_main(runner: TaskRunner, tasks: Any, conn: Any, status: WorkerStatus
     except BaseException as exc:  # noqa: BLE001
         conn.send_bytes(dumps(("init_error", str(failed_with(exc)))))
         return
+    if runner.stream_fn is not None:
+        _serve_stream(runner.stream_fn, _WorkerStream(tasks, conn, status, stopping))
+        return
     clock = time.monotonic
     while True:
         blob = tasks.get()
@@ -102,6 +112,70 @@ def _worker_main(runner: TaskRunner, tasks: Any, conn: Any, status: WorkerStatus
         conn.send_bytes(dumps_results(task_id, results, seconds))
 
 
+class _WorkerStream(TaskStream):
+    """A worker's task queue and result pipe as a `TaskStream`.  The oldest open task is the
+    one its `WorkerStatus` shows (deadline, progress); a task started beside it takes its
+    place, with its own start time, when it ends."""
+
+    def __init__(self, tasks: Any, conn: Any, status: WorkerStatus, stopping: Any):
+        self._tasks, self._conn, self._status, self._stopping = tasks, conn, status, stopping
+        self._lock = threading.Lock()  # next() may run in another thread than done()
+        self.open: list[TaskContext] = []  # oldest first
+        self._sizes: dict[int, int] = {}
+
+    def next(self) -> tuple[TaskContext, list] | None:
+        with self._lock:
+            if self.open:  # this worker can take one task more now
+                self._conn.send_bytes(dumps(("ready", self.open[-1].id)))
+        blob = self._tasks.get()
+        if blob is None or self._stopping.is_set():
+            return None
+        task_id, payloads = pickle.loads(blob)
+        with self._lock:
+            task = TaskContext(task_id, self._status, current=not self.open)
+            if task.current:
+                self._status.begin_task(task_id)
+                self._status.begin_item(-1)
+            self.open.append(task)
+            self._sizes[task_id] = len(payloads)
+        return task, payloads
+
+    def size(self, task: TaskContext) -> int:
+        return self._sizes[task.id]
+
+    def done(self, task: TaskContext, results: list) -> None:
+        if len(results) != self._sizes[task.id]:
+            results = [failed_with(RuntimeError(
+                f"stream function returned {len(results)} results for "
+                f"{self._sizes[task.id]} items"))] * self._sizes[task.id]
+        fault("task-end")
+        with self._lock:
+            self.open.remove(task)
+            del self._sizes[task.id]
+            self._conn.send_bytes(dumps_results(task.id, results, time.monotonic() - task.started))
+            if task.current:
+                if self.open:
+                    after = self.open[0]
+                    after.current = True
+                    self._status.resume_task(after.id, after.started, after.done)
+                else:
+                    self._status.end_task()
+
+
+def _serve_stream(stream_fn: Any, stream: _WorkerStream) -> None:
+    """Run a stream runner until its tasks end.  If it raises (or returns with tasks open),
+    its open tasks fail with that error and the worker exits: the driver replaces it and
+    runs again the tasks it was given and had not begun."""
+    try:
+        stream_fn(stream)
+        if stream.open:
+            raise RuntimeError("the stream function returned with tasks unfinished")
+    except Exception as exc:  # noqa: BLE001 - the open tasks' items fail as data
+        for task in list(stream.open):
+            stream.done(task, [failed_with(exc)] * stream.size(task))
+        raise
+
+
 class _Worker:
     def __init__(self, slot: int, status: WorkerStatus, proc: Any, tasks: Any, conn: Any):
         self.slot = slot
@@ -110,6 +184,7 @@ class _Worker:
         self.tasks = tasks
         self.conn = conn
         self.held: deque[int] = deque()  # task ids in the order the worker runs them
+        self.ready = False  # a stream worker asked for one task more than it holds
 
 
 class LocalExecutor(Executor):
@@ -190,7 +265,10 @@ class LocalExecutor(Executor):
 
     # -- scheduling -----------------------------------------------------------------------
     def free_slots(self) -> int:
-        return sum(max(0, self.prefetch - len(w.held)) for w in self._workers)
+        return sum(self._room(w) for w in self._workers)
+
+    def _room(self, w: _Worker) -> int:
+        return max(0, self.prefetch - len(w.held), int(w.ready and len(w.held) < 2))
 
     def in_progress(self) -> int:
         return sum(w.status.done for w in self._workers if w.held and w.status.task == w.held[0])
@@ -202,7 +280,8 @@ class LocalExecutor(Executor):
 
     def submit(self, task_id: int, payloads: Sequence[Any]) -> None:
         blob = dumps_task((task_id, payloads))
-        worker = min(self._workers, key=lambda w: len(w.held))
+        worker = max(self._workers, key=lambda w: (self._room(w) > 0, -len(w.held)))
+        worker.ready = False
         worker.held.append(task_id)
         worker.tasks.put(blob)
 
@@ -244,9 +323,13 @@ class LocalExecutor(Executor):
             return False
         if msg[0] == "init_error":
             raise WorkerInitError(f"the worker initializer failed: {msg[1]}")
+        if msg[0] == "ready":
+            w.ready = bool(w.held) and w.held[-1] == msg[1]
+            return True
         task_id, results, seconds = msg
-        if w.held and w.held[0] == task_id:
-            w.held.popleft()
+        if task_id in w.held:  # a stream worker may finish a later task first
+            w.held.remove(task_id)
+        w.ready = False
         done.append(Done(task_id, results, seconds))
         return True
 
