@@ -535,6 +535,22 @@ def test_jobs_learn_the_cores_each_worker_has(tmp_path, monkeypatch):
     assert clips.runner().fn.keywords["threads"] == 3
 
 
+def test_jobs_learn_the_worker_count_and_clips_plans_for_it(tmp_path):
+    """clips plans a long video for the run's workers (tasks of about frames / (4 x workers))
+    and ranks its cut tasks by the frames they decode."""
+    from datamill.jobs.clips import ClipsJob
+    src = _tree(tmp_path / "src", {"a.txt": "x"})
+    job = UpperJob(src, tmp_path / "dst")
+    assert run_job(job, RunOptions(quiet=True, workers=3)).exit_code == 0
+    assert job.workers == 3
+    clips = ClipsJob(src, tmp_path / "clips")
+    clips.workers = 5
+    assert clips.runner().fn.keywords["workers"] == 5 and clips.costed
+    task = {"clips": [[0, 256, 64], [1, 320, 64]], "seek_frame": 250}
+    assert clips.cost(("cut", "v.mp4", "v.mp4", task, {})) == 134
+    assert clips.cost(("plan", "v.mp4")) == 0
+
+
 def test_progress_lines_when_not_a_terminal_and_counts_inside_running_tasks():
     import io
     from datamill.engine.progress import Progress
