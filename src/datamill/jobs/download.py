@@ -96,6 +96,10 @@ class _Shard:
             self._staged.close()
             raise
 
+    def to_start(self) -> Iterator[tuple["_Shard", int, str]]:
+        for i, url in self.requests:
+            yield self, i, url
+
     def store(self, opts: DownloadOptions, fetched: FetchResult) -> None:
         i = fetched.key
         self.results[i] = store_image(opts, self.writer, self.task.id, self.payloads[i], fetched)
@@ -138,7 +142,7 @@ async def _serve(opts: DownloadOptions, dst: Dst, tasks: TaskStream) -> None:
 
     threading.Thread(target=read_tasks, name="datamill-next-shard", daemon=True).start()
     shards: list[_Shard] = []  # open, oldest first: at most two
-    feeding: Iterator[tuple[_Shard, int, str]] = iter(())  # URLs of the newest shard to start
+    feeding: Iterator[tuple[_Shard, int, str]] = iter(())  # the newest shard's URLs to start
     all_started, asked, ended, in_flight = True, True, False, 0
     wanted.release()
 
@@ -182,7 +186,7 @@ async def _serve(opts: DownloadOptions, dst: Dst, tasks: TaskStream) -> None:
                         tasks.done(task, [failed_with(exc)] * len(payloads))
                         continue
                     shards.append(shard)
-                    feeding = ((shard, i, url) for i, url in shard.requests)
+                    feeding = shard.to_start()
                     all_started = False
                 else:
                     shard, fetched = event[1], event[2]
