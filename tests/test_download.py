@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -281,3 +282,61 @@ def test_a_kept_column_named_like_a_record_field_is_refused(tmp_path):
     with pytest.raises(datamill.UsageError, match="--keep-cols key"):
         download(tmp_path / "urls.csv", tmp_path / "out", keep_cols=("key",), quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+# -- a worker's shards overlap: the next one runs beside the last URLs of the current one ----
+def overlap_list(server, path: Path, n: int = 30, drip_rows: tuple[int, ...] = (9,)) -> Path:
+    """Fast images, and a never-ending response at each of `drip_rows` (shards of 10: the end of
+    the first shard)."""
+    path.write_text("\n".join(server.url(f"drip/{i}.jpg") if i in drip_rows
+                              else server.url(f"latency/20/{i}.jpg?w=64&h=48") for i in range(n)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_the_next_shard_runs_beside_a_never_ending_url_and_every_shard_is_complete(server, tmp_path, fmt):
+    urls = overlap_list(server, tmp_path / "urls.txt")
+    dst = tmp_path / "out"
+    # one worker, 4 URLs in flight (fewer than a shard's 10), a 2 s deadline for the drip
+    report = download(urls, dst, shard_size=10, format=fmt, workers=1, quiet=True,
+                      fetch=FetchOptions(timeout=2, retries=0, concurrency=4))
+    rows = manifest(dst)
+    assert len(rows) == 30 and report.counts == {"ok": 29, "filtered": 0, "failed": 1}
+    assert (rows["000000009"]["status"], rows["000000009"]["reason"]) == ("failed", "timeout")
+    suffix = ".tar" if fmt == "webdataset" else ".parquet"
+    shards = sorted(dst.glob(f"0*{suffix}"))
+    assert [p.name for p in shards] == [f"0000{i}{suffix}" for i in range(3)]
+    # shard 1 was written while shard 0 still waited for its drip: the worker did not idle
+    assert shards[1].stat().st_mtime_ns < shards[0].stat().st_mtime_ns
+    if fmt == "webdataset":
+        import webdataset as wds
+        samples = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False))
+        stored = [s["__key__"] for s in samples]
+        assert all("jpg" in s and "json" in s for s in samples)
+    else:
+        stored = [k for s in shards for k in pq.read_table(s).column("key").to_pylist()]
+    ok = {r["key"] for r in rows.values() if r["status"] == "ok"}
+    assert sorted(stored) == sorted(ok) and len(stored) == 29
+    by_shard = {int(r["shard"]) for r in rows.values() if r["status"] == "ok"}
+    assert by_shard == {0, 1, 2}
+    assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
+
+
+@pytest.mark.parametrize("fault", ["commit:kill", "task-end:kill"])
+def test_kill_9_while_shards_overlap_then_the_same_command_stores_every_url_once(server, tmp_path, fault):
+    """The driver killed when the first shard is reported (the one beside a never-ending URL),
+    or a worker killed holding two shards (both are run again)."""
+    from test_crash import assert_exactly_once, datamill
+    urls = overlap_list(server, tmp_path / "urls.txt", n=40, drip_rows=(9, 29))
+    dst = tmp_path / "out"
+    args = ["download", urls, dst, "--format", "webdataset", "--shard-size", 10, "--workers", 1,
+            "--concurrency", 4, "--timeout", 2, "--retries", 0]
+    first = datamill(*args, fault=fault, once=tmp_path / "killed-once")
+    assert (tmp_path / "killed-once").exists()
+    if fault.startswith("commit"):
+        assert first.returncode == -signal.SIGKILL, first.stderr
+        first = datamill(*args)
+    assert first.returncode == 1, first.stdout + first.stderr  # the two drips failed
+    assert_exactly_once(dst, n=40)
+    reasons = {r["reason"] for r in manifest(dst).values() if r["status"] == "failed"}
+    assert reasons == {"timeout"}
