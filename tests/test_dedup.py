@@ -188,6 +188,7 @@ def test_an_unreadable_file_fails_with_its_reason(tmp_path):
         "import os, sys, datamill\n"
         "from datamill.jobs.dedup import dedup\n"
         "import datamill.engine.executors.local, datamill.engine.run, datamill.io.dedup_report\n"
+        "import numpy.random  # resample's plan uses it (scipy, no longer imported, imported it)\n"
         "from datamill.media.hashes import hash_image\n"
         f"hash_image({str(src / 'ok.jpg')!r})  # loads Pillow's plugins while they are readable\n"
         "os.setgid(65534); os.setuid(65534)\n"
