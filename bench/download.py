@@ -76,7 +76,9 @@ DATAMILL = str(Path(sys.executable).with_name("datamill"))
 WORKERS = 2
 TIMEOUT = 10            # s, throughput runs (no URL comes near it)
 HANG_TIMEOUT = 5        # s, the no-hang runs
-HANG_URLS = (2000, 500)  # full, quick
+HANG_URLS = (14000, 500)  # full (a clean run of over 60 s), quick
+ONE_HOST_URLS = (2000, 500)  # full, quick
+ONE_HOST_LATENCY = (20, 100)  # ms
 # datamill --concurrency (and --per-host: one host) per worker.  5,000 URLs, two sweeps:
 # 256/64/32/16 took 21.4/17.9/24.9/29.3 s and 33.1/21.9/33.1/41.3 s wall clock, 34.2/31.6/
 # 33.9/34.3 s and 34.9/32.0/38.9/36.3 s CPU; 64 x 2 workers = 128 requests in flight, as
@@ -171,12 +173,12 @@ class Server:
 
 
 # -- URL lists ---------------------------------------------------------------------------------
-def mix_url(base: str, i: int) -> str:
-    """Row i of the throughput mix: 3% failing kinds, else a JPEG after 20-200 ms."""
+def mix_url(base: str, i: int, latency: tuple[int, int] = (20, 200)) -> str:
+    """Row i of the throughput mix: 3% failing kinds, else a JPEG after 20-200 ms (`latency`)."""
     if i % 100 in FAILING:
         return base + FAILING[i % 100]
     w, h, q = SIZES[(i * 7 + i // 10) % len(SIZES)]
-    ms = 20 + (i * 37) % 181
+    ms = latency[0] + (i * 37) % (latency[1] - latency[0] + 1)
     return f"{base}/latency/{ms}/{i}.jpg?w={w}&h={h}&q={q}"
 
 
@@ -190,8 +192,8 @@ def write_lines(path: Path, lines) -> Path:
     return path
 
 
-def mix_list(base: str, n: int, path: Path) -> Path:
-    return write_lines(path, (mix_url(base, i) for i in range(n)))
+def mix_list(base: str, n: int, path: Path, latency: tuple[int, int] = (20, 200)) -> Path:
+    return write_lines(path, (mix_url(base, i, latency) for i in range(n)))
 
 
 def drip_lists(base: str, n: int, root: Path) -> tuple[Path, Path, int]:
@@ -216,11 +218,15 @@ def memory_list(base: str, lines: int, root: Path) -> Path:
 
 
 # -- the tools -----------------------------------------------------------------------------------
-def datamill_argv(urls: Path, dst: Path, timeout: float, shard: int) -> list[str]:
+def datamill_argv(urls: Path, dst: Path, timeout: float, shard: int,
+                  fetch: list[str] | None = None) -> list[str]:
+    """`fetch`: the connection options (default: the tuned DM_CONCURRENCY; [] for
+    datamill's defaults)."""
+    if fetch is None:
+        fetch = ["--concurrency", str(DM_CONCURRENCY), "--per-host", str(DM_CONCURRENCY)]
     return [DATAMILL, "download", str(urls), str(dst), "--format", "webdataset",
             "--resize", "256", "--resize-mode", "keep_ratio", "--quality", "95",
-            "--timeout", str(timeout), "--retries", "0", "--concurrency", str(DM_CONCURRENCY),
-            "--per-host", str(DM_CONCURRENCY), "--workers", str(WORKERS),
+            "--timeout", str(timeout), "--retries", "0", *fetch, "--workers", str(WORKERS),
             "--shard-size", str(shard), "--quiet"]
 
 
@@ -536,7 +542,8 @@ def throughput(srv: Server, urls: Path, n: int, shard: int, repeat: int, work: P
     return rows, notes
 
 
-def no_hang(srv: Server, n: int, repeat: int, cap: float, work: Path, quiet: Quiet) -> tuple[list, list]:
+def no_hang(srv: Server, n: int, repeat: int, cap: float, work: Path, quiet: Quiet,
+            peer: bool = True) -> tuple[list, list]:
     """Each run's tail: from the server's last image sent to the command's end."""
     with_drips, without, drips = drip_lists(srv.base, n, work / "hang")
     shard = max(100, n // 10)
@@ -561,11 +568,14 @@ def no_hang(srv: Server, n: int, repeat: int, cap: float, work: Path, quiet: Qui
                  f"was sent ({tail_wo:.1f} s without drips)",
                  f"{last.get('ok', 0):,} ok, {last.get('failures', {}).get('timeout', 0)} timeout",
                  "", "", ""])
-    notes.append(f"no hang, datamill: a worker runs one shard ({shard} URLs here) at a time and a shard "
-                 f"ends when its slowest URL does, so each shard holding a drip waits for the {HANG_TIMEOUT} s "
-                 f"deadline once its other URLs are done: {shards} shards on {WORKERS} workers made the run "
-                 f"{w - wo:+.1f} s longer in all than without drips (medians), the tail after the last "
-                 "image is the last shard's wait")
+    notes.append(f"no hang, datamill: {shards} shards of {shard} URLs on {WORKERS} workers; a worker starts its "
+                 "next shard's URLs beside the last ones of the current shard (at most two open), so the "
+                 f"drips cost {w - wo:+.1f} s in all ({w / wo:.2f}x the run without them, medians: with "
+                 f"{', '.join(format(x['seconds'], '.1f') for x in runs['with'])} s, without "
+                 f"{', '.join(format(x['seconds'], '.1f') for x in runs['without'])} s); the tail after the last "
+                 "image is the last drip's deadline")
+    if not peer:
+        return rows, notes
     quiet.wait()
     i_wo = run_tool("img2dataset", without, work / "hang-img2dataset-without", HANG_TIMEOUT, shard, srv,
                     cap=cap)
@@ -592,6 +602,65 @@ def no_hang(srv: Server, n: int, repeat: int, cap: float, work: Path, quiet: Qui
         rows.append([label, "img2dataset", f"{i_w['seconds']:.1f} s (without drips {i_wo['seconds']:.1f} s)",
                      f"ended {i_w['tail']:.1f} s after the last image was sent", f"{i_w.get('ok', 0):,} ok",
                      "", "", ""])
+    return rows, notes
+
+
+def one_host(srv: Server, n: int, repeat: int, work: Path, quiet: Quiet,
+             per_hosts: list[int]) -> tuple[list, list]:
+    """Issue 14's comparison: `n` URLs of the mix on one host with 20-100 ms latency,
+    datamill with its default connection options against img2dataset (I2D_THREADS threads),
+    alternating, best of `repeat`; then datamill with each --per-host of `per_hosts`."""
+    urls = mix_list(srv.base, n, work / "onehost.txt", latency=ONE_HOST_LATENCY)
+    shard = max(100, n // 10)
+    label = f"4. one host: {n:,} URLs, {ONE_HOST_LATENCY[0]}-{ONE_HOST_LATENCY[1]} ms"
+    runs: dict[str, list[dict]] = {"datamill": [], "img2dataset": []}
+    for r in range(repeat):
+        for tool in ["datamill", "img2dataset"][:: 1 if r % 2 == 0 else -1]:
+            quiet.wait()
+            res = run_tool(tool, urls, work / f"onehost-{tool}", TIMEOUT, shard, srv,
+                           **({"fetch": []} if tool == "datamill" else {}))
+            runs[tool].append(res)
+            print(f"  run {r + 1}/{repeat} one host {tool:11} {res['seconds']:6.1f} s "
+                  f"{res.get('ok', 0) / res['seconds']:6.1f} images/s  {describe(res)}", flush=True)
+    rows, notes = [], []
+    best = {}
+    for tool, rs in runs.items():
+        good = [x for x in rs if "error" not in x]
+        if not good:
+            rows.append([label, tool, "FAILED", "", "", "", "", ""])
+            continue
+        b = best[tool] = max(good, key=lambda x: x["ok"] / x["seconds"])
+        rows.append([label, tool + (" (defaults)" if tool == "datamill" else f" ({I2D_THREADS} threads)"),
+                     f"{b['seconds']:.1f} s (runs {', '.join(format(x['seconds'], '.1f') for x in good)})",
+                     rate(b["ok"] / b["seconds"]), f"{b['ok']:,} / {n:,}",
+                     f"{1000 * median([x['cpu'] for x in good]) / n:.1f} s",
+                     f"{max(x['peak_sum_mb'] for x in good):,.0f} MB", ""])
+    if len(best) == 2:
+        d, i = best["datamill"], best["img2dataset"]
+        rows[0][-1] = (f"{(d['ok'] / d['seconds']) / (i['ok'] / i['seconds']):.2f}x images/s (best of "
+                       f"{repeat}; CPU {median([x['cpu'] for x in runs['img2dataset']]) / median([x['cpu'] for x in runs['datamill']]):.2f}x)")
+        rows[1][-1] = "1.00x"
+        notes.append(f"one host: successes datamill {d['ok']:,}, img2dataset {i['ok']:,}; CPU per image "
+                     f"(median) datamill {1000 * median([x['cpu'] for x in runs['datamill']]) / d['ok']:.2f} ms, "
+                     f"img2dataset {1000 * median([x['cpu'] for x in runs['img2dataset']]) / i['ok']:.2f} ms")
+    sweep: dict[int, list[dict]] = {p: [] for p in per_hosts}
+    for r in range(repeat):
+        for p in per_hosts[:: 1 if r % 2 == 0 else -1]:
+            quiet.wait()
+            res = run_tool("datamill", urls, work / f"onehost-perhost-{p}", TIMEOUT, shard, srv,
+                           fetch=["--per-host", str(p)])
+            sweep[p].append(res)
+            print(f"  run {r + 1}/{repeat} one host datamill --per-host {p:3} {res['seconds']:6.1f} s "
+                  f"{res.get('ok', 0) / res['seconds']:6.1f} images/s  {describe(res)}", flush=True)
+    for p, rs in sweep.items():
+        good = [x for x in rs if "error" not in x]
+        if good:
+            rows.append([label, f"datamill --per-host {p}",
+                         f"{median([x['seconds'] for x in good]):.1f} s (median; runs "
+                         f"{', '.join(format(x['seconds'], '.1f') for x in good)})",
+                         rate(good[-1]["ok"] / median([x["seconds"] for x in good])),
+                         f"{good[-1]['ok']:,} / {n:,}", f"{1000 * median([x['cpu'] for x in good]) / n:.1f} s",
+                         f"{max(x['peak_sum_mb'] for x in good):,.0f} MB", ""])
     return rows, notes
 
 
@@ -642,7 +711,14 @@ def main() -> None:
                     "seconds (default 120, quick 60)")
     ap.add_argument("--mem-lines", type=int, help="lines of the memory test's URL file (default "
                     "1,000,000, quick 200,000; the target's 10,000,000 takes ~30 min here)")
-    ap.add_argument("--only", default="throughput,hang,memory", help="parts to run (comma-separated)")
+    ap.add_argument("--only", default="throughput,hang,memory,onehost",
+                    help="parts to run (comma-separated)")
+    ap.add_argument("--hang-urls", type=int, help="URLs of the no-hang list (default 14,000: a clean "
+                    "run over 60 s; quick 500)")
+    ap.add_argument("--no-peer-hang", action="store_true", help="no-hang: datamill only (img2dataset "
+                    "never ends with drips, and takes minutes without them at 14,000 URLs)")
+    ap.add_argument("--per-host", default="8,16,32,64", help="one host: the --per-host values "
+                    "datamill runs with (comma-separated; '' for none)")
     ap.add_argument("--tune", help="img2dataset thread counts to try on the throughput list "
                     "(e.g. 32,64,128,256), one run each; nothing else runs")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -682,7 +758,13 @@ def main() -> None:
             rows += r
             notes += n
         if "hang" in parts:
-            r, n = no_hang(srv, HANG_URLS[q], repeat, cap, work, quiet)
+            r, n = no_hang(srv, args.hang_urls or HANG_URLS[q], repeat, cap, work, quiet,
+                           peer=not args.no_peer_hang)
+            rows += r
+            notes += n
+        if "onehost" in parts:
+            r, n = one_host(srv, ONE_HOST_URLS[q], repeat, work, quiet,
+                            [int(p) for p in args.per_host.split(",") if p])
             rows += r
             notes += n
         if "memory" in parts:
