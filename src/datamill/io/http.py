@@ -1,7 +1,8 @@
 """Fetch many URLs from one process: asyncio + aiohttp, hundreds of connections, a total
 deadline per URL.
 
-Pure: no processes, no global state; one `aiohttp.ClientSession` per `fetch_many` call.
+Pure: no processes, no global state; one `aiohttp.ClientSession` per `Fetcher` (a
+`fetch_many` call, or a download worker's life, shared by its shards).
 
 Every URL ends as one `FetchResult` with a status:
 
