@@ -6,8 +6,9 @@ The `clips` job uses these in three steps:
    decoding beyond the first one), so the driver learns the frame count and where the
    keyframes are in presentation order, quickly, even for an hour-long file.
 2. `plan_clip_tasks` cuts the timeline into clips and groups consecutive clips into tasks of
-   a few hundred frames, each starting at a keyframe, so that different workers can decode
-   different ranges of one long video at the same time.
+   a few hundred frames (about frames / (4 x workers) for a long video), each starting at a
+   keyframe, so that different workers can decode different ranges of one long video at the
+   same time.
 3. `cut_clips` runs one task: seek to its keyframe, decode, resize each frame as it comes
    (swscale, in C), rotate it upright if the file says so, and stream it straight into one
    encoder per clip.  Memory does not grow with the video or the clip length (except for
