@@ -219,9 +219,13 @@ def test_long_video_with_few_keyframes_is_cut_by_several_workers_frame_exact(tmp
         assert a["path"] == b["path"]
         assert np.array_equal(np.load(tmp_path / "npy-3" / a["path"]),
                               np.load(tmp_path / "npy-1" / b["path"]))
+    # mp4: the same frames (numbered above); x264 may be given another thread count per
+    # worker on another machine, so the encoded pixels are compared within a small tolerance
     for a, b in zip(runs["mp4", 3], runs["mp4", 1], strict=True):
-        assert all(np.array_equal(x, y) for x, y in zip(
-            decode(tmp_path / "mp4-3" / a["path"]), decode(tmp_path / "mp4-1" / b["path"]), strict=True))
+        assert a["path"] == b["path"]
+        pairs = list(zip(decode(tmp_path / "mp4-3" / a["path"]), decode(tmp_path / "mp4-1" / b["path"]),
+                         strict=True))
+        assert all(np.abs(x.astype(int) - y.astype(int)).mean() < 2.0 for x, y in pairs)
 
 
 def test_rerun_redoes_only_unfinished_ranges(tmp_path):
