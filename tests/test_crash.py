@@ -378,9 +378,10 @@ def test_clips_past_their_deadline_leave_no_clip_the_manifest_does_not_list(tmp_
     import datamill
     from datamill.testing.videos import make_video
     src = tmp_path / "src"
-    make_video(src / "long.mp4", frames=900, size=(640, 480), gop=30)
+    make_video(src / "long.mp4", frames=1200, size=(640, 480), gop=30)
     dst = tmp_path / "clips"
-    report = datamill.clips(src, dst, frames=8, quiet=True, timeout=0.5, retries=0, workers=2)
+    # 2 workers: tasks of about 1200 / 8 = 150 frames (0.4 s or more of decoding and encoding)
+    report = datamill.clips(src, dst, frames=8, quiet=True, timeout=0.15, retries=0, workers=2)
     assert report.stats["failures"].get("timeout"), report.stats["failures"]
     assert sorted(listed_clips(dst)) == sorted(clip_files(dst))
     assert not temp_files(dst)
