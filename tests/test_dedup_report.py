@@ -477,6 +477,7 @@ def test_a_file_changed_after_hashing_gets_no_thumbnail_of_other_content(dup_col
 @pytest.mark.parametrize("kill_at", [1, 2])
 def test_driver_killed_while_thumbnails_are_made_then_rerun(dup_collection, tmp_path, kill_at):
     import pyarrow.parquet as pq
+    from test_crash import live_processes, temp_files
     dst = tmp_path / "dst"
     # kill -9 of the driver when the kill_at-th thumbnail task's result arrives
     code = ("import os, signal\n"
@@ -501,28 +502,11 @@ def test_driver_killed_while_thumbnails_are_made_then_rerun(dup_collection, tmp_
         p.relative_to(dup_collection).as_posix() for p in dup_collection.rglob("*.jpg"))  # each once
     members = report_members(dst / "report.html")
     assert len(members) == 7 and all("thumb" in m for m in members.values())
-    assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
+    assert not temp_files(dst)
     deadline = time.monotonic() + 5
-    while live(str(dst)) and time.monotonic() < deadline:
+    while live_processes(str(dst)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not live(str(dst))
-
-
-def live(marker: str) -> list[int]:
-    """Processes other than this one whose command line names `marker` (forked workers carry
-    their driver's)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (proc / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if marker in cmd and state != "Z":
-            found.append(int(proc.name))
-    return found
+    assert not live_processes(str(dst))
 
 
 def test_browser_renders_the_job_report_with_its_thumbnails(chromium, dup_collection, tmp_path):
