@@ -76,7 +76,7 @@ DATAMILL = str(Path(sys.executable).with_name("datamill"))
 WORKERS = 2
 TIMEOUT = 10            # s, throughput runs (no URL comes near it)
 HANG_TIMEOUT = 5        # s, the no-hang runs
-HANG_URLS = (16000, 500)  # full (a clean run of over 60 s here), quick
+HANG_URLS = (20000, 500)  # full (a clean run of over 60 s here), quick
 ONE_HOST_URLS = (2000, 500)  # full, quick
 ONE_HOST_LATENCY = (20, 100)  # ms
 # datamill --concurrency (and --per-host: one host) per worker.  5,000 URLs, two sweeps:
@@ -713,7 +713,7 @@ def main() -> None:
                     "1,000,000, quick 200,000; the target's 10,000,000 takes ~30 min here)")
     ap.add_argument("--only", default="throughput,hang,memory,onehost",
                     help="parts to run (comma-separated)")
-    ap.add_argument("--hang-urls", type=int, help="URLs of the no-hang list (default 16,000: a clean "
+    ap.add_argument("--hang-urls", type=int, help="URLs of the no-hang list (default 20,000: a clean "
                     "run over 60 s; quick 500)")
     ap.add_argument("--no-peer-hang", action="store_true", help="no-hang: datamill only (img2dataset "
                     "never ends with drips, and takes minutes without them at 14,000 URLs)")
