@@ -495,8 +495,10 @@ def test_driver_killed_while_thumbnails_are_made_then_rerun(dup_collection, tmp_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == -9, out.stderr
     assert not (dst / "report.html").exists()
+    (dst / "notes.txt").write_text("mine")  # the user's, beside datamill's outputs
     import datamill
     assert datamill.dedup(dup_collection, dst, quiet=True, workers=2).exit_code == 0
+    assert (dst / "notes.txt").read_text() == "mine"
     manifest = pq.read_table(dst / "manifest.parquet").to_pylist()
     assert sorted(r["key"] for r in manifest) == sorted(
         p.relative_to(dup_collection).as_posix() for p in dup_collection.rglob("*.jpg"))  # each once

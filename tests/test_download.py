@@ -322,6 +322,43 @@ def test_the_next_shard_runs_beside_a_never_ending_url_and_every_shard_is_comple
     assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
 
 
+def test_a_shard_that_cannot_be_stored_fails_alone_while_the_next_one_overlaps(server, tmp_path, monkeypatch):
+    """store_image raising in the middle of shard 1 (while shard 0 waits for its drip and shard
+    2 may already run) fails shard 1's items and leaves no half shard; the rerun with
+    --retry-failed stores them once, in a new shard."""
+    from datamill.jobs import download as job
+    urls = overlap_list(server, tmp_path / "urls.txt")
+    dst = tmp_path / "out"
+    real = job.store_image
+
+    def broken(opts, writer, shard, payload, fetched):
+        if "/15.jpg" in payload[2]:
+            raise RuntimeError("cannot store (test)")
+        return real(opts, writer, shard, payload, fetched)
+
+    monkeypatch.setattr(job, "store_image", broken)  # workers are forked: they have it too
+    options = dict(shard_size=10, format="webdataset", workers=1, quiet=True,
+                   fetch=FetchOptions(timeout=2, retries=0, concurrency=4))
+    report = download(urls, dst, **options)
+    rows = manifest(dst)
+    failed = {k: r["reason"] for k, r in rows.items() if r["status"] == "failed"}
+    assert failed == {"000000009": "timeout", **{f"{i:09d}": "RuntimeError" for i in range(10, 20)}}, failed
+    assert report.counts["ok"] == 19
+
+    def stored() -> list[str]:
+        return [r.key for p in sorted(dst.glob("0*.tar")) for r in iter_shard(p)]
+
+    ok = {r["key"] for r in rows.values() if r["status"] == "ok"}
+    assert sorted(stored()) == sorted(ok) and len(ok) == 19  # no part of shard 1 anywhere
+    assert not [p for p in dst.rglob("*") if ".datamill-tmp-" in p.name]
+    monkeypatch.setattr(job, "store_image", real)
+    download(urls, dst, retry_failed={"RuntimeError"}, **options)
+    rows = manifest(dst)
+    assert {k for k, r in rows.items() if r["status"] == "failed"} == {"000000009"}
+    ok = {r["key"] for r in rows.values() if r["status"] == "ok"}
+    assert sorted(stored()) == sorted(ok) and len(stored()) == len(set(stored())) == 29
+
+
 @pytest.mark.parametrize("fault", ["commit:kill", "task-end:kill"])
 def test_kill_9_while_shards_overlap_then_the_same_command_stores_every_url_once(server, tmp_path, fault):
     """The driver killed when the first shard is reported (the one beside a never-ending URL),
@@ -340,3 +377,8 @@ def test_kill_9_while_shards_overlap_then_the_same_command_stores_every_url_once
     assert_exactly_once(dst, n=40)
     reasons = {r["reason"] for r in manifest(dst).values() if r["status"] == "failed"}
     assert reasons == {"timeout"}
+    # the user's files beside the shards: the same command again touches none of them
+    (dst / "notes.txt").write_text("mine")
+    assert datamill(*args).returncode == 1
+    assert_exactly_once(dst, n=40)
+    assert (dst / "notes.txt").read_text() == "mine"
