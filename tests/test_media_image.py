@@ -231,6 +231,42 @@ def test_drafted_decode_keeps_the_quality_of_a_full_decode():
     assert diff(decode(result.data), full) < 2.8
 
 
+@pytest.mark.parametrize("size, kind, mode, target", [
+    ((1280, 960), {}, "keep_ratio", 256),
+    ((1279, 961), {"mode": "L"}, "center_crop", 256),                 # sides not multiples of 8
+    ((961, 1279), {"exif_orientation": 6}, "keep_ratio", 256),        # the draft size swapped
+    ((1030, 690), {"mode": "CMYK"}, "border", 350),
+])
+def test_jpeg_decoded_at_three_eighths_matches_the_half_scale_decode(monkeypatch, size, kind, mode,
+                                                                     target):
+    # A JPEG whose 1/2 decode is the smallest power of two that covers the target is decoded
+    # at 3/8 (libjpeg-turbo's DCT scaling) when that covers it too: less to resize, and
+    # the output is the one of the 1/2 decode up to JPEG noise.
+    import datamill.media.image as image_module
+    assert image_module._scales_by_three_eighths()  # this Pillow's libjpeg-turbo does it
+    data = make_image(None, size, **kind)
+    decoded = []
+    real_resize = image_module._resize
+    monkeypatch.setattr(image_module, "_resize", lambda px, *a: decoded.append(px.size) or real_resize(px, *a))
+    opts = ImageOptions(resize=target, resize_mode=mode, encode="png")
+    finer = process_image(data, opts)
+    monkeypatch.setattr(image_module, "_draft_three_eighths", lambda *a: False)
+    half = process_image(data, opts)
+    upright = size[::-1] if kind.get("exif_orientation") == 6 else size
+    assert decoded == [tuple(-(-side * 3 // 8) for side in upright), tuple(-(-side // 2) for side in upright)]
+    assert (finer.width, finer.height) == (half.width, half.height)
+    assert diff(rgb(finer.data), rgb(half.data)) < 1.5
+
+
+def test_three_eighths_only_where_it_covers_the_target_and_never_for_dedup():
+    # 640x480 -> 341x256: 3/8 (240x180) is too small, so a full decode; load_image_rgb
+    # (dedup's pixels) keeps Pillow's own draft scales.
+    import datamill.media.image as image_module
+    assert process_image(make_image(None, (640, 480)), ImageOptions(resize=256)).width == 341
+    assert load_image_rgb(make_image(None, (1280, 960)), draft_size=(341, 256)).size == (640, 480)
+    assert image_module.load_thumbnail(make_image(None, (1280, 960)), 400).size == (400, 300)
+
+
 @pytest.mark.parametrize("mode, size, upscaled", [
     ("keep_ratio", (200, 150), (341, 256)),
     ("center_crop", (200, 150), (256, 256)),

@@ -17,7 +17,8 @@ The shared path (`_open`, then `_decode`):
    nothing).  Pillow's own global cap (``Image.MAX_IMAGE_PIXELS``) is never changed; it
    still applies above twice its value.
 2. For JPEG, when the caller needs fewer pixels, ``draft`` decodes directly at 1/2, 1/4 or
-   1/8 scale (DCT scaling: 2-8x cheaper), never below what is asked for.
+   1/8 scale (DCT scaling: 2-8x cheaper), never below what is asked for; `process_image`
+   also at 3/8.
 3. Decode the first frame (animations, camera MPO files); truncated or corrupt data is
    ``decode_error``.
 4. Apply the EXIF orientation (``ImageOps.exif_transpose``; also read from XMP).
@@ -208,7 +209,7 @@ def process_image(data: bytes, opts: ImageOptions) -> ImageResult:
         _load(img, draft_size=(1, 1))  # every byte decoded (at 1/8 scale for JPEG)
         return ImageResult(data, ext, width, height, width, height, sha256, False, img.mode)
     source_mode, icc_profile = img.mode, img.info.get("icc_profile")
-    pixels, reduction = _decode(img, keep_alpha=ext != "jpg",
+    pixels, reduction = _decode(img, keep_alpha=ext != "jpg", finer=True,
                                 draft_size=plan.draft_size(width, height) if plan else None)
     if plan is not None:
         pixels = _resize(pixels, plan, reduction, opts.border_color)
@@ -285,24 +286,83 @@ def _open(fp: IO[bytes], max_pixels: int) -> Image.Image:
     return img
 
 
-def _load(img: Image.Image, draft_size: tuple[int, int] | None = None) -> int:
+def _load(img: Image.Image, draft_size: tuple[int, int] | None = None, *, finer: bool = False) -> float:
     """Decode the current frame, JPEGs at the smallest scale >= draft_size (stored sides).
 
-    Returns the scale reduction (1, 2, 4 or 8).  Corrupt or truncated data: ImageError.
+    Returns the scale reduction (1, 2, 4 or 8; 8/3 with `finer`).  Corrupt or truncated
+    data: ImageError.
     """
-    reduction = 1
+    reduction: float = 1
     try:
         if draft_size is not None and img.format in _DRAFTABLE:
-            full_width = img.size[0]
+            full_size = img.size
             drafted = img.draft("RGB", draft_size)
             if drafted is not None:  # box: the whole original in drafted pixels
-                reduction = round(full_width / drafted[1][2])
+                reduction = round(full_size[0] / drafted[1][2])
+                if finer and reduction == 2 and _draft_three_eighths(img, full_size, draft_size):
+                    reduction = 8 / 3
         img.load()
     except MemoryError:
         raise
     except Exception as exc:  # Pillow's decoders raise many kinds on bad data
         raise ImageError(f"cannot decode image: {exc}", "decode_error") from None
     return reduction
+
+
+def _draft_three_eighths(img: Image.Image, full_size: tuple[int, int],
+                         draft_size: tuple[int, int]) -> bool:
+    """Turn a JPEG drafted at 1/2 into one decoded at 3/8 when that still covers draft_size.
+
+    libjpeg-turbo scales by k/8: asked for 1/3 it decodes at 3/8 (DCT scaling), a scale
+    Pillow's draft never asks for.  A 1280x960 photo resized to 341x256 decodes to 480x360
+    instead of 640x480: the same decode time (the entropy decoding is the same), less to
+    resize, the same quality (BENCHMARKS.md, Download).  Pillow's private draft state is
+    set as its own draft sets it; anything unexpected (another Pillow, a libjpeg that does
+    not scale by 3/8: `_scales_by_three_eighths`) keeps the 1/2 draft.
+    """
+    size = (-(-full_size[0] * 3 // 8), -(-full_size[1] * 3 // 8))
+    if size[0] < draft_size[0] or size[1] < draft_size[1] or not _scales_by_three_eighths():
+        return False
+    half = (0, 0, -(-full_size[0] // 2), -(-full_size[1] // 2))
+    return _set_jpeg_scale(img, half, size, 3)
+
+
+def _set_jpeg_scale(img: Image.Image, drafted: tuple[int, ...], size: tuple[int, int],
+                    denominator: int) -> bool:
+    """Ask the JPEG decoder of `img`, drafted at 1/2 to `drafted` (its tile's extents), for
+    scale 1/denominator instead, decoding to `size`; False (nothing changed) when Pillow's
+    draft state is not what this expects."""
+    try:
+        tile = img.tile
+        if (getattr(img, "decoderconfig", None) != (2, 0) or len(tile) != 1
+                or tuple(tile[0][1]) != drafted or not hasattr(tile[0], "_replace")):
+            return False
+        img.tile = [tile[0]._replace(extents=(0, 0, *size))]
+        img._size = size
+        img.decoderconfig = (denominator, 0)
+        return True
+    except Exception:  # noqa: BLE001 - the draft Pillow made stays
+        return False
+
+
+@functools.cache
+def _scales_by_three_eighths() -> bool:
+    """Whether this Pillow's JPEG decoder decodes at 3/8 when asked for 1/3: a 64x48
+    horizontal ramp must come out 24x18, the same ramp."""
+    row = np.linspace(0, 255, 64)
+    buffer = io.BytesIO()
+    Image.fromarray(np.repeat(row[None, :], 48, axis=0).astype(np.uint8)).save(buffer, "JPEG", quality=95)
+    try:
+        img = Image.open(buffer)
+        img.draft("L", (32, 24))
+        if not _set_jpeg_scale(img, (0, 0, 32, 24), (24, 18), 3):
+            return False
+        img.load()
+        got = np.asarray(img, np.float64)
+    except Exception:  # noqa: BLE001 - any failure means: do not use it
+        return False
+    want = np.interp((np.arange(24) + 0.5) * 64 / 24 - 0.5, np.arange(64), row)
+    return got.shape == (18, 24) and float(np.abs(got - want[None, :]).mean()) < 6
 
 
 def _orientation(img: Image.Image) -> int:
@@ -316,17 +376,18 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _decode(img: Image.Image, *, keep_alpha: bool,
-            draft_size: tuple[int, int] | None) -> tuple[Image.Image, int]:
+def _decode(img: Image.Image, *, keep_alpha: bool, draft_size: tuple[int, int] | None,
+            finer: bool = False) -> tuple[Image.Image, float]:
     """Decode, orient and normalise `img` (see the module docstring).
 
     Returns the picture (mode L or RGB, or LA or RGBA when `keep_alpha`) and the scale
-    reduction the JPEG draft applied; draft_size is upright.
+    reduction the JPEG draft applied; draft_size is upright.  `finer` (process_image,
+    which resizes what it decodes): a JPEG may also be decoded at 3/8.
     """
     orientation = _orientation(img)
     if draft_size is not None and orientation in _SWAPS_SIDES:
         draft_size = draft_size[::-1]
-    reduction = _load(img, draft_size)
+    reduction = _load(img, draft_size, finer=finer)
     pixels = ImageOps.exif_transpose(img) if orientation != 1 else img
     return _to_8bit(pixels, keep_alpha), reduction
 
@@ -403,7 +464,7 @@ def _plan_resize(width: int, height: int, opts: ImageOptions) -> _Plan | None:
     return _Plan(whole, scaled, (target, target), offset)
 
 
-def _resize(pixels: Image.Image, plan: _Plan, reduction: int, border_color: tuple[int, int, int]) -> Image.Image:
+def _resize(pixels: Image.Image, plan: _Plan, reduction: float, border_color: tuple[int, int, int]) -> Image.Image:
     """Apply `plan` to `pixels`, the upright image decoded at 1/`reduction` scale."""
     box = tuple(v / reduction for v in plan.region)
     if (box[2] - box[0], box[3] - box[1]) == plan.size and all(float(v).is_integer() for v in box):
