@@ -104,6 +104,23 @@ def test_changing_threshold_keep_and_action_regroups_without_rehashing(collectio
         datamill.dedup(collection, dst, quiet=True, hash="dhash")
 
 
+def test_an_image_that_leaves_its_group_gets_a_plain_row_again(collection, tmp_path):
+    """The global phase rewrites only the rows that change: an image grouped by a loose
+    threshold and alone at the default one must lose every group field."""
+    dst = tmp_path / "dst"
+    datamill.dedup(collection, dst, quiet=True)
+    first = manifest(dst)
+    loose = datamill.dedup(collection, dst, quiet=True, threshold=32)  # distinct images join groups
+    assert loose.stats["this_run"]["items"] == 0
+    merged = manifest(dst)
+    assert merged["other/distinct-a.jpg"]["group"] is not None
+    assert merged != first
+    datamill.dedup(collection, dst, quiet=True)  # the default threshold again
+    assert manifest(dst) == first
+    alone = manifest(dst)["other/distinct-a.jpg"]
+    assert alone["status"] == "ok" and alone["group"] is None and alone["kept"] is None
+
+
 def test_actions_copy_survivors_and_move_duplicates(collection, tmp_path):
     copy = tmp_path / "copy"
     datamill.dedup(collection, copy, quiet=True, action="copy")

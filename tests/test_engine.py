@@ -638,3 +638,15 @@ def test_a_worker_can_fail_an_item_and_keep_its_records_through_one_outcome():
     assert (half.status, half.reason, half.error.message) == ("failed", "decode_error",
                                                               "clip 1: damaged")
     assert [r["status"] for r in half.outcome.records] == ["ok", "failed"]
+
+
+def test_decode_records_decodes_a_batch_as_each_row_alone():
+    from datamill.engine.ledger import decode_records
+    texts = ['[{"a":1}]', None, "", '{"b":[1,2]}', '"x"', "[]"]
+    assert decode_records(texts) == [[{"a": 1}], None, None, {"b": [1, 2]}, "x", []]
+    assert decode_records([]) == []
+    # a row that is not one JSON value cannot shift the others: each is then decoded alone
+    with pytest.raises(json.JSONDecodeError):
+        decode_records(['1,2', '3'])
+    with pytest.raises(json.JSONDecodeError):
+        decode_records(['{"a":', '1}'])

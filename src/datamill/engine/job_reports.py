@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..columns import column, strings
-from .ledger import Ledger
+from .ledger import Ledger, decode_records
 from .dst import Dst
 from .task import FAILED, OK
 
@@ -19,10 +19,10 @@ BASE_FIELDS = [pa.field("key", pa.string()), pa.field("source", pa.string()),
 
 
 def manifest_rows(row: dict, final_stage: str) -> list[dict]:
-    """The manifest rows of one ledger item: its records when ok, else one row."""
+    """The manifest rows of one ledger item: its records (decoded) when ok, else one row."""
     base = {"key": row["key"], "source": row["source"], "status": row["status"],
             "reason": row["reason"]}
-    records = json.loads(row["records"]) if row["records"] else None
+    records = row["records"]
     if row["status"] == OK and row["stage"] != final_stage:
         return []
     if not records or not isinstance(records, list):
@@ -84,9 +84,19 @@ def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage
         with pq.ParquetWriter(tmp, schema) as writer:
             batch: list[dict] = []
             plain: list[tuple] = []  # (key, source, status, reason) of items without records
+            encoded: list[tuple] = []  # items with records, decoded together into `batch`
+
+            def decode() -> None:
+                for (key, source, status, reason, _, stage), records in zip(
+                        encoded, decode_records([row[4] for row in encoded])):
+                    batch.extend(manifest_rows({"key": key, "source": source, "status": status,
+                                                "reason": reason, "records": records,
+                                                "stage": stage}, final_stage))
+                encoded.clear()
 
             def flush() -> None:
                 nonlocal n, batch, plain
+                decode()
                 if plain:
                     cols = list(zip(*plain))
                     table = pa.table([strings(c) for c in cols]
@@ -100,19 +110,17 @@ def write_manifest(ledger: Ledger, dst: Dst, fields: list[pa.Field], final_stage
                     n += len(batch)
                     batch = []
 
-            for key, source, status, reason, records, stage in ledger.iter_rows(
-                    ("key", "source", "status", "reason", "records", "stage")):
+            for row in ledger.iter_rows(("key", "source", "status", "reason", "records", "stage")):
+                key, source, status, reason, records, stage = row
                 if records is None and not (status == OK and stage != final_stage):
-                    if batch:
+                    if batch or encoded:
                         flush()  # rows stay in key order
                     plain.append((key, source, status, reason))
                 else:
                     if plain:
                         flush()
-                    batch.extend(manifest_rows({"key": key, "source": source, "status": status,
-                                                "reason": reason, "records": records,
-                                                "stage": stage}, final_stage))
-                if len(batch) + len(plain) >= 10_000:
+                    encoded.append(row)
+                if len(batch) + len(encoded) + len(plain) >= 10_000:
                     flush()
             flush()
             if n == 0:

@@ -51,7 +51,7 @@ from ..tree import TreeJob
 from ...media.hash_index import pairs_against
 from ...media.hashes import HASH_KINDS, hash_images, to_hex
 from .place import disk_full, inside, is_placed, move_file, place_survivor
-from .plan import PLACE, Collection, Plan, group_images, plan_groups
+from .plan import PLACE, RECORD_KEYS, Collection, Plan, group_images, plan_groups
 from .thumbs import SPOOL, THUMB_SIZE, ThumbSpool, ThumbTask, make_thumbs, thumb_tasks
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -60,6 +60,7 @@ ACTIONS = ("report", "copy", "hardlink", "symlink", "move-duplicates")
 DEFAULT_THRESHOLD = 6  # bench/dedup.py: the largest meeting P >= 0.99, R >= 0.95 (see BENCHMARKS.md)
 MOVE_LOG = "moved.jsonl"
 GROUPS = "groups.parquet"
+REPORT_CHUNK = 50  # groups whose thumbnails are read from the spool in one query
 log = logging.getLogger("datamill")
 
 
@@ -500,9 +501,11 @@ class DedupJob(TreeJob):
                 status, reason, stage = FAILED, err.reason, PLACE
             if status != OK:
                 rec.update(status=status, reason=reason)
+            elif c.plain[idx] and len(rec) == len(RECORD_KEYS):
+                continue  # an ok image alone: its row already says so
             updates.append((key, stage, status, reason, err and err.error_type, err and err.message,
                             err and err.traceback, [rec]))
-        for idx in np.flatnonzero(~present):
+        for idx in np.flatnonzero(~present & ~everything.plain):
             updates.append((everything.keys[idx], "", OK, None, None, None, None,
                             [everything.record(idx)]))
         ledger.update_outcomes(updates)
@@ -532,14 +535,18 @@ class DedupJob(TreeJob):
 
         def report_groups() -> Iterator[ReportGroup]:  # thumbnails from the spool, not the files
             bounds = np.flatnonzero(np.diff(plan.groups[idx])) + 1
-            for members in np.split(idx, bounds) if len(idx) else []:
-                members = sorted(members.tolist(), key=lambda i: (not plan.survives[i], i))
-                yield ReportGroup(int(plan.groups[members[0]]), [ReportMember(
-                    path=c.keys[i], source_path=c.where[i], kept=bool(plan.survives[i]),
-                    distance=int(plan.distance[i]), width=int(c.width[i]),
-                    height=int(c.height[i]), bytes=int(c.size[i]),
-                    phash_hex=to_hex(int(c.hashes[i])), moved_to=c.moved_to[i],
-                    thumbnail=spool.get(c.sha256[i])) for i in members])
+            groups = np.split(idx, bounds) if len(idx) else []
+            for start in range(0, len(groups), REPORT_CHUNK):
+                chunk = [sorted(members.tolist(), key=lambda i: (not plan.survives[i], i))
+                         for members in groups[start:start + REPORT_CHUNK]]
+                thumbs = spool.get_many(c.sha256[i] for members in chunk for i in members)
+                for members in chunk:
+                    yield ReportGroup(int(plan.groups[members[0]]), [ReportMember(
+                        path=c.keys[i], source_path=c.where[i], kept=bool(plan.survives[i]),
+                        distance=int(plan.distance[i]), width=int(c.width[i]),
+                        height=int(c.height[i]), bytes=int(c.size[i]),
+                        phash_hex=to_hex(int(c.hashes[i])), moved_to=c.moved_to[i],
+                        thumbnail=thumbs[c.sha256[i]]) for i in members])
 
         r = self.result
         summary = {"images": r["images"], "groups": r["groups"], "duplicates": r["duplicates"],

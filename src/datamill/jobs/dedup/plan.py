@@ -2,13 +2,15 @@
 through the multi-index search, union-find) and the image each group keeps."""
 from __future__ import annotations
 
-import json
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ...engine.ledger import decode_records
+from ...engine.task import OK
 from ...media.hash_index import near_groups
 from ...media.hashes import hamming, to_hex
 
@@ -16,6 +18,9 @@ from ...media.hashes import hamming, to_hex
 PLACE = "place"  # the stage of an image whose copy, link or move failed (its hash is kept)
 _HASHED = ("WHERE status='ok' OR (status='filtered' AND reason IN ('duplicate', "
            f"'duplicate_of_reference')) OR (status='failed' AND stage='{PLACE}')")
+
+
+RECORD_KEYS = {"hash", "sha256", "width", "height", "bytes"}  # what `Collection.record` holds
 
 
 @dataclass
@@ -33,23 +38,33 @@ class Collection:
     mtime: np.ndarray
     where: list[str]
     moved_to: list[str | None]
+    # whose ledger row is already ok with the hash record alone (`record`): nothing to rewrite
+    # when the image stays unique
+    plain: np.ndarray
 
     @classmethod
     def load(cls, ledger: Any) -> "Collection":
         keys, sources, hashes, sha, w, h, b, mt = [], [], [], [], [], [], [], []
-        for row in ledger.iter_items(_HASHED):
-            rec = json.loads(row["records"])[0]
-            keys.append(row["key"])
-            sources.append(row["source"])
-            hashes.append(int(rec["hash"], 16))
-            sha.append(rec["sha256"])
-            w.append(rec["width"])
-            h.append(rec["height"])
-            b.append(rec["bytes"])
-            mt.append(row["mtime"] or 0.0)
+        plain = []
+        rows = ledger.iter_rows(("key", "source", "mtime", "records", "status", "stage", "reason",
+                                 "error_type", "message", "traceback"), _HASHED)
+        while chunk := list(itertools.islice(rows, 5000)):
+            for (key, source, mtime, _, status, *said), records in zip(
+                    chunk, decode_records([r[3] for r in chunk])):
+                rec = records[0]
+                hashes.append(int(rec["hash"], 16))
+                plain.append(status == OK and not any(said) and len(records) == 1
+                             and rec.keys() == RECORD_KEYS and rec["hash"] == to_hex(hashes[-1]))
+                keys.append(key)
+                sources.append(source)
+                sha.append(rec["sha256"])
+                w.append(rec["width"])
+                h.append(rec["height"])
+                b.append(rec["bytes"])
+                mt.append(mtime or 0.0)
         return cls(keys, sources, np.array(hashes, dtype=np.uint64), sha, np.array(w, np.int64),
                    np.array(h, np.int64), np.array(b, np.int64), np.array(mt, np.float64),
-                   list(sources), [None] * len(keys))
+                   list(sources), [None] * len(keys), np.array(plain, bool))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -71,7 +86,7 @@ class Collection:
             return [values[i] for i in idx]
         return Collection(pick(self.keys), pick(self.sources), self.hashes[idx],
                            pick(self.sha256), self.width[idx], self.height[idx], self.size[idx],
-                           self.mtime[idx], pick(self.where), pick(self.moved_to))
+                           self.mtime[idx], pick(self.where), pick(self.moved_to), self.plain[idx])
 
     def record(self, i: int) -> dict:
         """Image `i`'s hash record, as the worker returned it."""

@@ -94,12 +94,19 @@ class ThumbSpool:
     def failed(self, shas: Iterable[str], why: str) -> None:
         self.errors.update((sha, why) for sha in shas)
 
-    def get(self, sha: str) -> Thumb | str:
-        row = self.db.execute("SELECT jpeg, width, height FROM thumbs WHERE sha256=? AND size=?",
-                              (sha, self.size)).fetchone()
-        if row is not None:
-            return bytes(row[0]), row[1], row[2]
-        return self.errors.get(sha, "no thumbnail was made (the run ended before)")
+    def get_many(self, shas: Iterable[str]) -> dict[str, Thumb | str]:
+        """sha256 -> its thumbnail, or the reason there is none (one query per 500)."""
+        shas = list(dict.fromkeys(shas))
+        found: dict[str, Thumb | str] = {}
+        for i in range(0, len(shas), 500):
+            chunk = shas[i:i + 500]
+            found.update((sha, (bytes(jpeg), width, height)) for sha, jpeg, width, height in self.db.execute(
+                f"SELECT sha256, jpeg, width, height FROM thumbs WHERE size=? AND sha256 IN "
+                f"({','.join('?' * len(chunk))})", [self.size, *chunk]))
+        for sha in shas:
+            if sha not in found:
+                found[sha] = self.errors.get(sha, "no thumbnail was made (the run ended before)")
+        return found
 
     def keep_only(self, shas: Iterable[str]) -> None:
         """Drop the thumbnails of images no longer in any group."""
