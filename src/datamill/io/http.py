@@ -36,6 +36,7 @@ import email.utils
 import random
 import socket
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timezone
@@ -47,6 +48,11 @@ import aiohttp.connector
 from yarl import URL
 
 from ..options import Options, option
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _deadline
+else:  # pragma: no cover - aiohttp depends on async-timeout before 3.11
+    from async_timeout import timeout as _deadline
 
 __all__ = [
     "FetchOptions",
@@ -393,8 +399,10 @@ async def _fetch_one(session: aiohttp.ClientSession, limiter: _HostLimiter, key:
         attempts += 1
         async with limiter.slot(url.host or ""):
             try:
-                # wait_for, not a socket timeout: the deadline covers the whole attempt
-                resp = await asyncio.wait_for(_attempt(session, url, opts), opts.timeout)
+                # a deadline, not a socket timeout: it covers the whole attempt (asyncio.timeout
+                # cancels the attempt in its own task, where wait_for would start one more)
+                async with _deadline(opts.timeout):
+                    resp = await _attempt(session, url, opts)
             except _AttemptFailed as exc:
                 failure = exc
             except asyncio.TimeoutError:
@@ -436,7 +444,7 @@ def _session(opts: FetchOptions) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
-        # the deadline is ours (asyncio.wait_for around each attempt); none inside aiohttp
+        # the deadline is ours (asyncio.timeout around each attempt); none inside aiohttp
         timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_read=None, sock_connect=None),
         headers={
             "User-Agent": opts.user_agent,
