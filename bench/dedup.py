@@ -619,15 +619,20 @@ def whole(quick: bool, repeat: int) -> dict:
 def whole_table(w: dict) -> str:
     base_label = next(iter(WHOLE_RUNS))
     base = median([r["wall"] for r in w["runs"][base_label]])
+    base_runs = w["runs"][base_label]
     rows = []
     for label, rs in w["runs"].items():
         s = median([r["wall"] for r in rs])
+        # the same round's baseline ran next to it (the order alternates): the ratio of each
+        # pair is less moved by the machine's drift between rounds than the ratio of medians
+        paired = [b["wall"] / r["wall"] for b, r in zip(base_runs, rs)]
         target = WHOLE_TARGETS.get(label)
         rows.append([label, f"{s:.2f} s", ", ".join(f"{r['wall']:.2f}" for r in rs),
                      f"{median([r['cpu'] for r in rs]):.2f} s", rate(w["files"] / s), ratio(base / s),
+                     f"{ratio(median(paired))} ({', '.join(f'{x:.2f}' for x in paired)})",
                      "" if target is None else f">= {target:g}x: {'met' if base / s >= target else 'MISSED'}"])
     return table(["whole process (fresh, timed from outside)", "wall (median)", "runs", "CPU (all processes)",
-                  "images/s", "vs baseline", "target"], rows)
+                  "images/s", "vs baseline", "per round (median; each)", "target"], rows)
 
 
 # -- 3. pairs quality --------------------------------------------------------------------------
