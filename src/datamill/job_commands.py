@@ -19,25 +19,28 @@ from .engine.run import EXIT_USAGE, RunOptions, run_job
 from .options import click_params, from_cli, split_flat
 
 
-def job_command(options_cls: type, make_job: Callable[[str, str, Any], Job]) -> Callable:
-    """Make a function `fn(src, dst, **kw)` into the command of a job whose options are
-    `options_cls`: its options and the engine's (`RunOptions`) are derived from their
-    declarations; a job option with the flag of an engine option replaces it (download's
-    per-URL --timeout and --retries)."""
+def _params(options_cls: type) -> list[click.Parameter]:
+    """The options of a job whose options are `options_cls`, then the engine's (`RunOptions`),
+    derived from their declarations; a job option with the flag of an engine option replaces
+    it (download's per-URL --timeout and --retries)."""
     params = click_params(options_cls)
     taken = {p.opts[0] for p in params}
-    params += click_params(RunOptions, exclude=taken)
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def command(src: str, dst: str, **kw: Any) -> None:
-            execute(lambda: _build(options_cls, make_job, src, dst, kw))
-        command.__click_params__ = params[::-1]  # type: ignore[attr-defined]  # as click.option does
-        return command
-    return decorate
+    return params + click_params(RunOptions, exclude=taken)
 
 
-def _build(options_cls: type, make_job: Callable[[str, str, Any], Job], src: str, dst: str,
+def _command(name: str, options_cls: type, make_job: Callable[[Any, str, Any], Job],
+             sources: click.Argument, more: str = "") -> click.Command:
+    """The command `datamill NAME SRC DST` (`sources`: the argument named src): its one-line
+    help is cli.py's (shown by `datamill --help` without this module), then `more`."""
+    from .cli import JOB_COMMANDS
+
+    def run(src: Any, dst: str, **kw: Any) -> None:
+        execute(lambda: _build(options_cls, make_job, src, dst, kw))
+    return click.Command(name, callback=run, help="\n\n".join(filter(None, [JOB_COMMANDS[name], more])),
+                         params=[sources, click.Argument(["dst"], type=click.Path()), *_params(options_cls)])
+
+
+def _build(options_cls: type, make_job: Callable[[Any, str, Any], Job], src: Any, dst: str,
            kw: dict[str, Any]) -> tuple[Job, RunOptions]:
     opts, run = split_flat([options_cls, RunOptions], from_cli(kw))
     run.validate()
@@ -61,91 +64,48 @@ def execute(build: Callable[[], tuple[Job, RunOptions]]) -> None:
 
 def _clips() -> click.Command:
     from .jobs.clips import ClipOptions, ClipsJob
-
-    @click.command()
-    @click.argument("src", type=click.Path())
-    @click.argument("dst", type=click.Path())
-    @job_command(ClipOptions, lambda src, dst, opts: ClipsJob(src, dst, opts, opts.extensions))
-    def clips(src: str, dst: str, **kw: Any) -> None:
-        """Cut every video under SRC into fixed-length, resized clips in DST (mirroring SRC)."""
-    return clips
+    return _command("clips", ClipOptions, lambda src, dst, opts: ClipsJob(src, dst, opts, opts.extensions),
+                    _SRC)
 
 
 def _download() -> click.Command:
     from .jobs.download import DownloadJob, DownloadOptions
-
-    @click.command()
-    @click.argument("src", type=click.Path(), metavar="URLS")
-    @click.argument("dst", type=click.Path())
-    @job_command(DownloadOptions, DownloadJob)
-    def download(src: str, dst: str, **kw: Any) -> None:
-        """Download the images of a URL list URLS (txt, csv, tsv, jsonl, parquet, .gz) into DST.
-
+    return _command("download", DownloadOptions, DownloadJob,
+                    click.Argument(["src"], type=click.Path(), metavar="URLS"), more="""
         --timeout is a total deadline per URL (connect and every read), default 10 s; --retries
-        retries connection errors, timeouts, 5xx and 429 (Retry-After honoured).
-        """
-    return download
+        retries connection errors, timeouts, 5xx and 429 (Retry-After honoured).""")
 
 
 def _dedup() -> click.Command:
     from .jobs.dedup import DedupJob, DedupOptions
-
-    @click.command()
-    @click.argument("src", type=click.Path())
-    @click.argument("dst", type=click.Path())
-    @job_command(DedupOptions, lambda src, dst, opts: DedupJob(src, dst, opts, opts.extensions))
-    def dedup(src: str, dst: str, **kw: Any) -> None:
-        """Find exact and near-duplicate images under SRC: groups, report and survivors in DST.
-
+    return _command("dedup", DedupOptions, lambda src, dst, opts: DedupJob(src, dst, opts, opts.extensions),
+                    _SRC, more="""
         Rerunning after adding images hashes only the new ones; changing --threshold, --keep or
-        --action regroups from the stored hashes (no --overwrite needed).
-        """
-    return dedup
+        --action regroups from the stored hashes (no --overwrite needed).""")
 
 
 def _map_() -> click.Command:
     from .jobs.map import MapJob, MapOptions
-
-    @click.command(name="map")
-    @click.argument("src", type=click.Path())
-    @click.argument("dst", type=click.Path())
-    @job_command(MapOptions, MapJob)
-    def map_(src: str, dst: str, **kw: Any) -> None:
-        """Run a function (--fn FILE.py:NAME) over the items of SRC into shards in DST.
-
+    return _command("map", MapOptions, MapJob, _SRC, more="""
         SRC is a folder (each file's path is an item), or a txt, csv, tsv, jsonl or parquet file,
         optionally .gz (each row is an item: a dict; a txt line a string).  Shards hold exactly
         --shard-size records (all but the last) and are numbered 00000, 00001, ... whatever the
-        worker count; DST/index.json lists them; `datamill.read_shards(DST)` reads them back.
-        """
-    return map_
+        worker count; DST/index.json lists them; `datamill.read_shards(DST)` reads them back.""")
 
 
 def _streams() -> click.Command:
-    """`datamill streams SRC... DST`: several sources, then DST (job_command takes one SRC)."""
+    """`datamill streams SRC... DST`: several sources, then DST."""
     from .jobs.streams.write import StreamsJob, StreamsOptions
-    params = click_params(StreamsOptions)
-    taken = {p.opts[0] for p in params}
-    params += click_params(RunOptions, exclude=taken)
-
-    def command(paths: tuple[str, ...], **kw: Any) -> None:
-        """Write the time-aligned windows of several videos (SRC...) into DST: one folder
-        per window with <source>.npy (frames, WxH RGB), mask.npy and pts.npy.
-
-        Every source is decoded in its own process and resampled to --fps by timestamp
-        (nearest frame); a frame no source frame is near is missing (--on-missing).  A rerun
-        writes only the windows not written yet.  `datamill.streams(...)` in Python gives
-        the same windows live, as arrays in shared memory.
-        """
-        if len(paths) < 2:
-            raise click.UsageError("give one or more sources, then DST")
-        execute(lambda: _build(StreamsOptions, lambda src, dst, opts: StreamsJob(src, dst, opts),
-                               list(paths[:-1]), paths[-1], kw))
-    return click.Command("streams", callback=command, help=command.__doc__,
-                         params=[click.Argument(["paths"], nargs=-1, metavar="SRC... DST")]
-                         + params)
+    return _command("streams", StreamsOptions, lambda src, dst, opts: StreamsJob(list(src), dst, opts),
+                    click.Argument(["src"], nargs=-1, required=True, metavar="SRC..."), more="""
+        One folder per window with <source>.npy (frames, WxH RGB), mask.npy and pts.npy.  Every
+        source is decoded in its own process and resampled to --fps by timestamp (nearest
+        frame); a frame no source frame is near is missing (--on-missing).  A rerun writes
+        only the windows not written yet.  `datamill.streams(...)` in Python gives the same
+        windows live, as arrays in shared memory.""")
 
 
+_SRC = click.Argument(["src"], type=click.Path())
 _COMMANDS = {"clips": _clips, "download": _download, "dedup": _dedup, "map_": _map_,
              "streams": _streams}
 
