@@ -521,29 +521,30 @@ def test_jobs_learn_the_cores_each_worker_has(tmp_path, monkeypatch):
     among the workers (one each when every core runs a worker), all of them for one worker."""
     from datamill.engine.executors.local import LocalExecutor
     from datamill.engine.executors.serial import SerialExecutor
-    from datamill.jobs.clips import ClipsJob
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert LocalExecutor(2).cores_per_worker() == 4
     assert LocalExecutor(8).cores_per_worker() == 1 == LocalExecutor(16).cores_per_worker()
     assert SerialExecutor().cores_per_worker() == 8
-    src = _tree(tmp_path / "src", {"a.txt": "x"})
-    job = UpperJob(src, tmp_path / "dst")
-    assert run_job(job, RunOptions(quiet=True, workers=2)).exit_code == 0
+    job, clips = _ran_and_clips(tmp_path, workers=2)
     assert job.cores_per_worker == 4
-    clips = ClipsJob(src, tmp_path / "clips")
     clips.cores_per_worker = 3
     assert clips.runner().fn.keywords["threads"] == 3
+
+
+def _ran_and_clips(tmp_path: Path, workers: int):
+    """A small job run by `workers` local workers, and a clips job on the same SRC (not run)."""
+    from datamill.jobs.clips import ClipsJob
+    src = _tree(tmp_path / "src", {"a.txt": "x"})
+    job = UpperJob(src, tmp_path / "dst")
+    assert run_job(job, RunOptions(quiet=True, workers=workers)).exit_code == 0
+    return job, ClipsJob(src, tmp_path / "clips")
 
 
 def test_jobs_learn_the_worker_count_and_clips_plans_for_it(tmp_path):
     """clips plans a long video for the run's workers (tasks of about frames / (4 x workers))
     and ranks its cut tasks by the frames they decode."""
-    from datamill.jobs.clips import ClipsJob
-    src = _tree(tmp_path / "src", {"a.txt": "x"})
-    job = UpperJob(src, tmp_path / "dst")
-    assert run_job(job, RunOptions(quiet=True, workers=3)).exit_code == 0
+    job, clips = _ran_and_clips(tmp_path, workers=3)
     assert job.workers == 3
-    clips = ClipsJob(src, tmp_path / "clips")
     clips.workers = 5
     assert clips.runner().fn.keywords["workers"] == 5 and clips.costed
     task = {"clips": [[0, 256, 64], [1, 320, 64]], "seek_frame": 250}

@@ -398,3 +398,52 @@ def test_load_image_rgb_draft_is_never_smaller_than_asked():
         assert img.size == expected and img.mode == "RGB"
         assert diff(img, full.resize(expected, Image.Resampling.BOX)) < 4
     assert load_image_rgb(make_image(None, (160, 120), fmt="PNG"), draft_size=(8, 8)).size == (160, 120)
+
+
+def test_every_accepted_format_opens_with_only_its_own_plugins_imported(tmp_path):
+    # A fresh process that only opens (the files are made here): _open imports the plugins of
+    # IMAGE_FORMATS, not all of Pillow's (Image.init()), and every one of those formats
+    # still opens; TGA (left out on purpose) is still refused as not an image.
+    import subprocess
+    import sys
+    formats = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO")
+    for fmt in formats:
+        (tmp_path / fmt).write_bytes(make_image(None, (64, 48), fmt=fmt))
+    Image.new("RGB", (8, 8)).save(tmp_path / "TGA", "TGA")
+    code = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "from datamill.media import image as m\n"
+        f"root = {str(tmp_path)!r}\n"
+        f"for fmt in {formats!r}:\n"
+        "    img = m._open(open(f'{root}/{fmt}', 'rb'), 10**9)\n"
+        "    assert img.format == fmt, (fmt, img.format)\n"
+        "try:\n"
+        "    m._open(open(f'{root}/TGA', 'rb'), 10**9)\n"
+        "except m.ImageError as exc:\n"
+        "    assert exc.error_class == 'not_image', exc.error_class\n"
+        "else:\n"
+        "    raise AssertionError('TGA opened')\n"
+        "assert Image._initialized < 2, 'Image.init() ran'\n"
+        "assert 'PIL.PsdImagePlugin' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_format_whose_plugin_this_pillow_lacks_is_left_out(monkeypatch):
+    import importlib
+    import datamill.media.image as image_module
+    real = importlib.import_module
+
+    def without_avif(name, *args):
+        if name == "PIL.AvifImagePlugin":
+            raise ImportError("no AVIF in this Pillow")
+        return real(name, *args)
+    monkeypatch.setattr(importlib, "import_module", without_avif)
+    monkeypatch.delitem(Image.OPEN, "AVIF", raising=False)  # as if never registered
+    image_module._formats.cache_clear()
+    try:
+        formats = image_module._formats()
+    finally:
+        image_module._formats.cache_clear()
+    assert "AVIF" not in formats and "JPEG" in formats and "WEBP" in formats
