@@ -366,8 +366,10 @@ def test_kill_9_while_shards_overlap_then_the_same_command_stores_every_url_once
     from test_crash import assert_exactly_once, datamill
     urls = overlap_list(server, tmp_path / "urls.txt", n=40, drip_rows=(9, 29))
     dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")  # the user's, there before the killed run
     args = ["download", urls, dst, "--format", "webdataset", "--shard-size", 10, "--workers", 1,
-            "--concurrency", 4, "--timeout", 2, "--retries", 0]
+            "--concurrency", 4, "--timeout", 2, "--retries", 0, "--allow-existing"]
     first = datamill(*args, fault=fault, once=tmp_path / "killed-once")
     assert (tmp_path / "killed-once").exists()
     if fault.startswith("commit"):
@@ -377,8 +379,8 @@ def test_kill_9_while_shards_overlap_then_the_same_command_stores_every_url_once
     assert_exactly_once(dst, n=40)
     reasons = {r["reason"] for r in manifest(dst).values() if r["status"] == "failed"}
     assert reasons == {"timeout"}
-    # the user's files beside the shards: the same command again touches none of them
-    (dst / "notes.txt").write_text("mine")
+    assert (dst / "notes.txt").read_text() == "mine"
+    # and the same command once more touches none of it
     assert datamill(*args).returncode == 1
     assert_exactly_once(dst, n=40)
     assert (dst / "notes.txt").read_text() == "mine"
